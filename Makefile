@@ -1,0 +1,70 @@
+# Every target bootstraps the virtual environment first. BOOK_DATA_DIR defaults to ../shared/data when that
+# folder exists (this workspace and CI); otherwise data are looked up in ./data (fill it with `make data`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | md5sum | cut -c1-12)
+ifneq ($(wildcard ../shared/data),)
+export BOOK_DATA_DIR ?= $(abspath ../shared/data)
+endif
+export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup data book book-clean test test-lib test-notebooks test-browser browser bench serve lab clean
+
+help:
+	@echo "make book   build the HTML book (set-up included) into _build/html"
+	@echo "make test   run every test: lib, notebooks, the browser test of the built book"
+	@echo "make data   download the data sets into ./data and verify checksums"
+	@echo "make bench  run the benchmarks (tables of ratios)"
+	@echo "make lab    open the notebooks in JupyterLab;  make serve  serve _build/html on localhost:8000"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)
+
+data: $(STAMP)
+	$(PY) -m lib.data
+
+book: $(STAMP)
+	$(PY) -m lib.build prepare
+	BOOK_BUILD=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	@echo "open _build/html/index.html (or: make serve)"
+
+book-clean:
+	rm -rf _build
+
+# Chromium for the browser test comes from Debian's packages (never downloaded by a test tool).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test-lib: $(STAMP)
+	$(PY) -m pytest -m "not notebook and not browser" -n 2 -q
+
+test-notebooks: $(STAMP)
+	$(PY) -m lib.build prepare
+	$(PY) -m pytest -m notebook -q
+
+test-browser: $(STAMP) browser book
+	$(PY) -m pytest -m browser -q
+
+test: test-lib test-notebooks test-browser
+
+bench: $(STAMP)
+	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+serve: $(STAMP)
+	$(PY) -m http.server 8000 --bind 127.0.0.1 --directory _build/html
+
+lab: $(STAMP)
+	BOOK_BUILD=0 $(VENV)/bin/jupyter lab book/
+
+clean:
+	rm -rf _build .cache

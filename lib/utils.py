@@ -1,0 +1,85 @@
+"""Shared helpers: the FAST/FULL switch, seeding, thread count and a result cache keyed by code + config."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import random
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FULL: bool = os.environ.get("FULL", "0") not in ("", "0", "false", "False")
+
+
+def pick(fast: T, full: T) -> T:
+    """Return `full` when the environment has FULL=1 (paper-scale runs), else `fast`."""
+    return full if FULL else fast
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python's `random`, NumPy and torch; return a CPU `torch.Generator` seeded with `seed`."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(num_threads: int = 1) -> None:
+    """Set torch's intra-op thread count.
+
+    Measured on the 2-core build machine: tiny models run fastest with one thread
+    (see `benchmarks/threads.py`)."""
+    if not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+    torch.set_num_threads(num_threads)
+
+
+def cache_dir() -> Path:
+    """Where `cached` stores results: $BOOK_CACHE_DIR, else <repo>/.cache."""
+    return Path(os.environ.get("BOOK_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+def _source_of(obj: Any) -> str:
+    if isinstance(obj, (ModuleType, type)) or callable(obj):
+        return inspect.getsource(obj)
+    raise TypeError(f"code entries must be modules, classes or functions, got {type(obj).__name__}")
+
+
+def cache_key(name: str, config: dict, code: Iterable[Any] = ()) -> str:
+    """SHA-256 (first 16 hex digits) of the name, the JSON of `config` and the source of `code`."""
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"name must be a non-empty identifier-like string, got {name!r}")
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    digest = hashlib.sha256()
+    digest.update(name.encode())
+    digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
+    for obj in code:
+        digest.update(_source_of(obj).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached(name: str, config: dict, compute: Callable[[], T], code: Iterable[Any] = ()) -> T:
+    """Load the result stored under (name, config, code) if present, else compute and store it.
+
+    The key covers the code, so editing a lib module that is listed in `code` recomputes.
+    Files live in `cache_dir()` as `<name>-<key>.pt` (torch.save: tensors, arrays, dicts, lists)."""
+    path = cache_dir() / f"{name}-{cache_key(name, config, code)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(result, tmp)
+    tmp.replace(path)
+    return result

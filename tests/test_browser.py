@@ -1,0 +1,98 @@
+"""Open every page of the built book in headless Chromium (Debian's) served on localhost.
+
+Checks per page: no console errors or page errors; every image loads; math is typeset by the offline
+MathJax; every plotly figure is drawn; every static explorable responds to its slider (the frame key and
+the drawn figure change) without a kernel. Run after `make book` (the Makefile's test-browser does).
+"""
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from book_pages import REPO, toc_files
+
+pytestmark = pytest.mark.browser
+HTML = REPO / "_build" / "html"
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.fail("no built book in _build/html: run `make book` first (make test does)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium not found at /usr/bin/chromium: `make browser` installs Debian's package")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+    page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")
+    return page, errors
+
+
+@pytest.mark.parametrize("doc", toc_files())
+def test_page_renders_offline(browser, server, doc):
+    page, errors = open_page(browser, f"{server}/{doc}.html")
+    try:
+        external = page.evaluate(
+            "() => Array.from(document.querySelectorAll('script[src],link[href],img[src]'))"
+            ".map(e => e.src || e.href).filter(u => u && !u.startsWith(location.origin) && !u.startsWith('data:'))"
+        )
+        assert not [u for u in external if u.startswith("http")], f"resources from the network: {external}"
+        broken = page.evaluate("() => Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
+                               ".map(i => i.src.slice(0, 80))")
+        assert not broken, f"images that did not load: {broken}"
+        has_math = page.evaluate("() => document.querySelectorAll('.math, span.math, div.math').length")
+        if has_math:
+            page.wait_for_function("() => document.querySelectorAll('mjx-container').length > 0", timeout=20000)
+        plots = page.evaluate("() => document.querySelectorAll('.plotly-graph-div, div.explorable-plot').length")
+        if plots:
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('.plotly-graph-div, div.explorable-plot'))"
+                ".every(d => d.querySelector('.main-svg'))", timeout=20000)
+        for index in range(page.locator(".explorable").count()):
+            check_explorable_responds(page, index)
+        assert not errors, "\n".join(errors)
+    finally:
+        page.close()
+
+
+def check_explorable_responds(page, index):
+    """Move the first slider with more than one position; the frame key and the figure must change."""
+    root = page.locator(".explorable").nth(index)
+    slider = root.locator("input[type=range]:not([max='0'])").first
+    if slider.count() == 0:
+        return
+    snapshot = ("el => el.dataset.kind === 'png' ? el.querySelector('img').src.length + ':' + "
+                "el.querySelector('img').src.slice(-200) : el.querySelector('.explorable-plot').innerHTML")
+    before_key, before = root.get_attribute("data-frame"), root.evaluate(snapshot)
+    slider.evaluate("s => { s.value = String(+s.max); s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("([el, key]) => el.dataset.frame !== key", arg=[root.element_handle(), before_key],
+                           timeout=10000)
+    page.wait_for_timeout(300)
+    assert root.evaluate(snapshot) != before, f"explorable {index} did not redraw after its slider moved"

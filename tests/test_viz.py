@@ -1,0 +1,67 @@
+"""lib.viz: the static explorable embeds every combination; the table validates its rows."""
+import json
+import re
+
+import matplotlib.pyplot as plt
+import plotly.graph_objects as go
+import pytest
+
+from lib import viz
+
+
+def frames_of(html):
+    return json.loads(re.search(r"var frames = (\{.*?\});\n", html, re.S).group(1))
+
+
+def test_static_plotly_explorable_has_every_combination():
+    calls = []
+
+    def fn(a, b):
+        calls.append((a, b))
+        return go.Figure(go.Scatter(x=[0, 1], y=[a, b]))
+
+    html = viz.static_explorable_html(fn, {"a": [1, 2, 3], "b": ["x", "y"]}, title="demo")
+    frames = frames_of(html)
+    assert sorted(frames) == sorted(f"{i},{j}" for i in range(3) for j in range(2))
+    assert len(calls) == 6 and "template" not in frames["0,0"]["layout"]
+    assert html.count('type="range"') == 2
+
+
+def test_static_matplotlib_explorable_embeds_png():
+    def fn(k):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, k])
+        return fig
+
+    frames = frames_of(viz.static_explorable_html(fn, {"k": [1.0, 2.0]}))
+    assert all(v.startswith("data:image/png;base64,") for v in frames.values())
+    assert frames["0"] != frames["1"]
+
+
+def test_explorable_validation():
+    with pytest.raises(ValueError, match="controls"):
+        viz.static_explorable_html(lambda: None, {})
+    with pytest.raises(ValueError, match="combinations"):
+        viz.static_explorable_html(lambda a, b: None, {"a": range(20), "b": range(20)})
+    with pytest.raises(TypeError, match="Figure"):
+        viz.static_explorable_html(lambda a: 3, {"a": [1]})
+    with pytest.raises(ValueError, match="initial"):
+        viz.static_explorable_html(lambda a: go.Figure(), {"a": [1]}, initial={"a": 5})
+
+
+def test_live_explorable_builds_widgets(monkeypatch):
+    monkeypatch.setenv("BOOK_BUILD", "0")
+    box = viz.explorable(lambda a, b: go.Figure(go.Scatter(y=[a])), {"a": [1, 2], "b": ["u", "v"]}, title="t")
+    import ipywidgets
+
+    assert isinstance(box, ipywidgets.VBox)
+
+
+def test_post_vs_book_table():
+    table = viz.post_vs_book([{"claim": "c", "post": 1.0, "book": 0.98765, "verdict": "reproduced", "note": "n"}])
+    html = table.to_html()
+    assert "0.9877" in html and "reproduced" in html
+    with pytest.raises(ValueError, match="verdict"):
+        viz.post_vs_book([{"claim": "c", "post": 1, "book": 2, "verdict": "maybe"}])
+    with pytest.raises(ValueError, match="missing"):
+        viz.post_vs_book([{"claim": "c"}])
