@@ -78,25 +78,34 @@ def _log_probs(p: Array | None, logits: Array | None, logp: Array | None) -> tup
     return torch.log_softmax(x, dim=-1), as_numpy
 
 
-def _moments(logp: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _centre(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities shifted so each row's maximum is 0, zeros (−inf) replaced by 0, and the support
+    mask (None when every entry is non-zero)."""
+    support = torch.isfinite(logp)
+    if bool(support.all()):
+        return logp - logp.amax(-1, keepdim=True), None
+    top = torch.where(support, logp, -math.inf).amax(-1, keepdim=True)
+    return torch.where(support, logp - top, 0.0), support
+
+
+def _moments(logp: torch.Tensor, gamma: torch.Tensor, centred=None) -> tuple[torch.Tensor, ...]:
     r"""Entropy and cumulants of :math:`\ell` under :math:`\mathrm{softmax}(\gamma\ell)`, shifted for accuracy.
 
-    logp [..., n] (−inf for zeros), gamma [...] ≥ 0 → (H, Var, third central moment, log-probs [..., n]).
-    Shifting :math:`\ell` by its maximum keeps :math:`\log Z - \gamma E[\ell]` free of cancellation
-    when :math:`\gamma` is large."""
-    support = torch.isfinite(logp)
-    top = torch.where(support, logp, -math.inf).amax(-1, keepdim=True)
-    centred = torch.where(support, logp - top, 0.0)
-    scaled = torch.where(support, gamma[..., None] * centred, -math.inf)
+    logp [..., n] (−inf for zeros), gamma [...] ≥ 0 → (H, Var, third central moment), each [...]. Shifting
+    :math:`\ell` by its maximum keeps :math:`\log Z - \gamma E[\ell]` free of cancellation when
+    :math:`\gamma` is large. `centred` = `_centre(logp)` may be passed to skip recomputing it."""
+    centred, support = _centre(logp) if centred is None else centred
+    scaled = gamma[..., None] * centred
+    if support is not None:
+        scaled = scaled.masked_fill(~support, -math.inf)
     log_z = torch.logsumexp(scaled, -1)
-    log_q = scaled - log_z[..., None]
-    q = torch.exp(log_q)
+    q = torch.exp(scaled - log_z[..., None])
     mean = (q * centred).sum(-1)
-    dev = torch.where(support, centred - mean[..., None], 0.0)
-    var = (q * dev * dev).sum(-1)
-    third = (q * dev**3).sum(-1)
-    ent = log_z - gamma * mean
-    return ent, var.clamp_min(0.0), third, log_q
+    dev = centred - mean[..., None]
+    q_dev2 = q * dev * dev
+    var = q_dev2.sum(-1)
+    third = (q_dev2 * dev).sum(-1)
+    return log_z - gamma * mean, var.clamp_min(0.0), third
 
 
 # ---------------------------------------------------------------------------------------- basics
@@ -107,7 +116,7 @@ def entropy(p: Array | None = None, logits: Array | None = None, dim: int = -1) 
     logp, as_numpy = _log_probs(None if p is None else _move(p, dim), None if logits is None else _move(logits, dim),
                                 None)
     q = torch.exp(logp)
-    return _out(-(torch.where(q > 0, q * logp, 0.0)).sum(-1), as_numpy)
+    return _out(0.0 - (torch.where(q > 0, q * logp, 0.0)).sum(-1), as_numpy)
 
 
 def _move(x: Array, dim: int) -> Array:
@@ -328,31 +337,43 @@ def _solve_safeguarded(ell, target, tol, max_iter):
     t = torch.zeros_like(target)
     lo, hi = torch.full_like(t, -math.inf), torch.full_like(t, math.inf)
     done, evaluations = flat.clone(), torch.zeros_like(target, dtype=torch.int64)
+    centred, support = _centre(ell.reshape(-1, ell.shape[-1]))
     for _ in range(max_iter):
-        if done.all():
+        rows = torch.nonzero(~done.flatten()).squeeze(1)  # work only on the rows still running
+        if rows.numel() == 0:
             break
-        gamma = torch.exp(t)
-        ent, var, third, _ = _moments(ell, gamma)
-        evaluations += (~done).long()
-        converged = (ent - target).abs() < tol
-        above, below = high - ent, ent - low
-        f = torch.log(above) - torch.log(below)
-        f_h, f_hh = -1 / above - 1 / below, -1 / above**2 + 1 / below**2
-        h_t = -gamma**2 * var
-        h_tt = -2 * gamma**2 * var - gamma**3 * third
-        f_t, f_tt = f_h * h_t, f_hh * h_t**2 + f_h * h_tt
-        active = ~done & ~torch.isnan(f)
-        lo = torch.where(active & (f < f_star), t, lo)
-        hi = torch.where(active & (f > f_star), t, hi)
-        proposal = _solve_local_model(t, f, f_t, f_tt, f_star)
-        inside = torch.isfinite(proposal) & (proposal > lo) & (proposal < hi)
-        fallback = torch.where(torch.isfinite(lo) & torch.isfinite(hi), (lo + hi) / 2,
-                               torch.where(torch.isfinite(lo), t + 2.0, t - 2.0))
-        new_t = torch.where(inside, proposal, fallback)
-        tiny_step = inside & ((new_t - t).abs() < 1e-13)
-        t = torch.where(done | converged, t, new_t)
-        done = done | converged | tiny_step
+        t_a, lo_a, hi_a = t.flatten()[rows], lo.flatten()[rows], hi.flatten()[rows]
+        new_t, new_lo, new_hi, finished = _safeguarded_step(
+            (centred[rows], None if support is None else support[rows]), t_a, lo_a, hi_a, target.flatten()[rows],
+            low.flatten()[rows], high.flatten()[rows], f_star.flatten()[rows], tol)
+        for state, value in ((t, new_t), (lo, new_lo), (hi, new_hi), (done, finished)):
+            state.view(-1)[rows] = value
+        evaluations.view(-1)[rows] += 1
     return torch.where(flat, torch.ones_like(t), torch.exp(t)), evaluations, done
+
+
+def _safeguarded_step(centred, t, lo, hi, target, low, high, f_star, tol):
+    """One evaluation for the running rows (`centred` = `_centre` of their log-probabilities): returns the next
+    t, the updated bracket and which rows are done."""
+    gamma = torch.exp(t)
+    ent, var, third = _moments(None, gamma, centred)
+    converged = (ent - target).abs() < tol
+    above, below = high - ent, ent - low
+    f = torch.log(above) - torch.log(below)
+    f_h, f_hh = -1 / above - 1 / below, -1 / above**2 + 1 / below**2
+    h_t = -gamma**2 * var
+    h_tt = -2 * gamma**2 * var - gamma**3 * third
+    f_t, f_tt = f_h * h_t, f_hh * h_t**2 + f_h * h_tt
+    valid = ~torch.isnan(f)
+    lo = torch.where(valid & (f < f_star), t, lo)
+    hi = torch.where(valid & (f > f_star), t, hi)
+    proposal = _solve_local_model(t, f, f_t, f_tt, f_star)
+    inside = torch.isfinite(proposal) & (proposal > lo) & (proposal < hi)
+    fallback = torch.where(torch.isfinite(lo) & torch.isfinite(hi), (lo + hi) / 2,
+                           torch.where(torch.isfinite(lo), t + 2.0, t - 2.0))
+    new_t = torch.where(inside, proposal, fallback)
+    tiny_step = inside & ((new_t - t).abs() < 1e-13)
+    return torch.where(converged, t, new_t), lo, hi, converged | tiny_step
 
 
 def _solve_local_model(t, f, f_t, f_tt, f_star, inner_steps: int = 40):
@@ -387,11 +408,12 @@ def _solve_newton(ell, target, tol, max_iter):
 
 def _solve_bisect(ell, target, tol, max_iter):
     low_t, high_t = torch.full_like(target, -40.0), torch.full_like(target, 40.0)  # Γ in [4e-18, 2e17]
+    centred = _centre(ell)
     evaluations = torch.zeros_like(target, dtype=torch.int64)
     done = torch.zeros_like(target, dtype=torch.bool)
     t = (low_t + high_t) / 2
     for _ in range(max_iter):
-        ent = _moments(ell, torch.exp(t))[0]
+        ent = _moments(ell, torch.exp(t), centred)[0]
         evaluations += (~done).long()
         done = done | ((ent - target).abs() < tol)
         low_t = torch.where(~done & (ent > target), t, low_t)

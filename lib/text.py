@@ -13,6 +13,14 @@ from pathlib import Path
 from lib import data
 
 
+def _quiet_transformers() -> None:
+    """No download/loading progress bars (they become widgets inside notebooks)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def chinese_vocab_dir() -> Path:
     """Folder holding the verified `vocab.txt` of bert-base-chinese (21,128 tokens)."""
     return data.path("bert-base-chinese-vocab", "vocab.txt").parent
@@ -26,6 +34,7 @@ def chinese_tokenizer():
     maps every character to `[UNK]`."""
     from transformers import BertTokenizerFast
 
+    _quiet_transformers()
     return BertTokenizerFast.from_pretrained(str(chinese_vocab_dir()))
 
 
@@ -49,6 +58,7 @@ def load_minilm_tokenizer():
     """The WordPiece tokenizer of all-MiniLM-L6-v2 (fast, with offsets)."""
     from transformers import AutoTokenizer
 
+    _quiet_transformers()
     return AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
@@ -58,5 +68,6 @@ def load_minilm_encoder(attn_implementation: str | None = None):
     Pass `attn_implementation="eager"` to get attention probabilities back (transformers 5.x)."""
     from transformers import BertModel
 
+    _quiet_transformers()
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     return BertModel.from_pretrained(str(minilm_dir()), **kwargs).eval()
