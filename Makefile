@@ -50,7 +50,7 @@ test-lib: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(PY) -m lib.build prepare
-	$(PY) -m pytest -m notebook -q
+	$(PY) -m pytest -m notebook -n 2 -q
 
 test-browser: $(STAMP) browser book
 	$(PY) -m pytest -m browser -q
