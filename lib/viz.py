@@ -187,9 +187,9 @@ def live_explorable(fn: Callable[..., Any], controls: Mapping[str, Sequence], *,
         value = (initial or {}).get(name, values[0])
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         options = [(_label(v), v) for v in values]
-        widget_cls = widgets.SelectionSlider if numeric and len(values) > 1 else widgets.Dropdown
-        boxes[name] = widget_cls(options=options, value=value, description=name, continuous_update=False,
-                                 style={"description_width": "initial"})
+        common = dict(options=options, value=value, description=name, style={"description_width": "initial"})
+        boxes[name] = (widgets.SelectionSlider(continuous_update=False, **common) if numeric and len(values) > 1
+                       else widgets.Dropdown(**common))
     out = widgets.Output()
 
     def redraw(**params):
