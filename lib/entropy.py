@@ -336,25 +336,30 @@ def _solve_safeguarded(ell, target, tol, max_iter):
     f_star = torch.log(high - target) - torch.log(target - low)
     t = torch.zeros_like(target)
     lo, hi = torch.full_like(t, -math.inf), torch.full_like(t, math.inf)
+    f_lo, f_hi = torch.full_like(t, math.nan), torch.full_like(t, math.nan)
     done, evaluations = flat.clone(), torch.zeros_like(target, dtype=torch.int64)
     centred, support = _centre(ell.reshape(-1, ell.shape[-1]))
     for _ in range(max_iter):
         rows = torch.nonzero(~done.flatten()).squeeze(1)  # work only on the rows still running
         if rows.numel() == 0:
             break
-        t_a, lo_a, hi_a = t.flatten()[rows], lo.flatten()[rows], hi.flatten()[rows]
-        new_t, new_lo, new_hi, finished = _safeguarded_step(
-            (centred[rows], None if support is None else support[rows]), t_a, lo_a, hi_a, target.flatten()[rows],
-            low.flatten()[rows], high.flatten()[rows], f_star.flatten()[rows], tol)
-        for state, value in ((t, new_t), (lo, new_lo), (hi, new_hi), (done, finished)):
+        bracket = tuple(x.flatten()[rows] for x in (lo, hi, f_lo, f_hi))
+        new_t, new_bracket, finished = _safeguarded_step(
+            (centred[rows], None if support is None else support[rows]), t.flatten()[rows], bracket,
+            target.flatten()[rows], low.flatten()[rows], high.flatten()[rows], f_star.flatten()[rows], tol)
+        for state, value in zip((t, lo, hi, f_lo, f_hi, done), (new_t, *new_bracket, finished)):
             state.view(-1)[rows] = value
         evaluations.view(-1)[rows] += 1
     return torch.where(flat, torch.ones_like(t), torch.exp(t)), evaluations, done
 
 
-def _safeguarded_step(centred, t, lo, hi, target, low, high, f_star, tol):
-    """One evaluation for the running rows (`centred` = `_centre` of their log-probabilities): returns the next
-    t, the updated bracket and which rows are done."""
+def _safeguarded_step(centred, t, bracket, target, low, high, f_star, tol):
+    """One evaluation for the running rows (`centred` = `_centre` of their log-probabilities).
+
+    `bracket` = (lo, hi, F(lo), F(hi)) in t = log Γ. Returns the next t, the updated bracket and which rows
+    are done. A proposal outside the bracket is replaced by false position inside it (kept away from the
+    ends), or by a step of ±2 in t while the bracket is still open."""
+    lo, hi, f_lo, f_hi = bracket
     gamma = torch.exp(t)
     ent, var, third = _moments(None, gamma, centred)
     converged = (ent - target).abs() < tol
@@ -365,15 +370,18 @@ def _safeguarded_step(centred, t, lo, hi, target, low, high, f_star, tol):
     h_tt = -2 * gamma**2 * var - gamma**3 * third
     f_t, f_tt = f_h * h_t, f_hh * h_t**2 + f_h * h_tt
     valid = ~torch.isnan(f)
-    lo = torch.where(valid & (f < f_star), t, lo)
-    hi = torch.where(valid & (f > f_star), t, hi)
+    move_lo, move_hi = valid & (f < f_star), valid & (f > f_star)
+    lo, f_lo = torch.where(move_lo, t, lo), torch.where(move_lo, f, f_lo)
+    hi, f_hi = torch.where(move_hi, t, hi), torch.where(move_hi, f, f_hi)
     proposal = _solve_local_model(t, f, f_t, f_tt, f_star)
     inside = torch.isfinite(proposal) & (proposal > lo) & (proposal < hi)
-    fallback = torch.where(torch.isfinite(lo) & torch.isfinite(hi), (lo + hi) / 2,
-                           torch.where(torch.isfinite(lo), t + 2.0, t - 2.0))
+    closed = torch.isfinite(lo) & torch.isfinite(hi)
+    share = ((f_star - f_lo) / (f_hi - f_lo)).clamp(0.1, 0.9)
+    share = torch.where(torch.isfinite(share), share, 0.5)
+    fallback = torch.where(closed, lo + share * (hi - lo), torch.where(torch.isfinite(lo), t + 2.0, t - 2.0))
     new_t = torch.where(inside, proposal, fallback)
     tiny_step = inside & ((new_t - t).abs() < 1e-13)
-    return torch.where(converged, t, new_t), lo, hi, converged | tiny_step
+    return torch.where(converged, t, new_t), (lo, hi, f_lo, f_hi), converged | tiny_step
 
 
 def _solve_local_model(t, f, f_t, f_tt, f_star, inner_steps: int = 40):
