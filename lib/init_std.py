@@ -29,31 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.checks import check_choice, check_positive, check_tensor
+
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        expected = "an int" if integer else "a number"
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_tensor(name: str, value: object, ndim: int | None = None) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if ndim is not None and value.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,13 +59,13 @@ def trunc_normal_variance_factor(a: float = 2.0) -> float:
     ``gamma_2 = 0.7737413035``: a truncated normal with parameter σ cut at ±2σ has std
     ``sqrt(gamma_2)·σ = 0.8796·σ``.
     """
-    _check_positive("a", a)
+    check_positive("a", a)
     return 1.0 - 2.0 * a * _phi(a) / (_Phi(a) - _Phi(-a))
 
 
 def realised_std(std: float = BERT_STD, a: float | None = 2.0) -> float:
     """Actual std of weights drawn with parameter `std`: ``std·sqrt(gamma_a)`` (``a=None``: untruncated)."""
-    _check_positive("std", std, allow_zero=True)
+    check_positive("std", std, allow_zero=True)
     return std if a is None else std * math.sqrt(trunc_normal_variance_factor(a))
 
 
@@ -97,9 +77,9 @@ def tf_truncated_normal_(tensor: torch.Tensor, std: float, a: float = 2.0,
     ``std·sqrt(gamma_a)``. Sampling by inverse CDF: ``u ~ U[Φ(-a), Φ(a)]``, ``x = std·Φ^{-1}(u)``.
     (``torch.nn.init.trunc_normal_(w, std=s)`` instead cuts at ±2 in *absolute* units: the trap.)
     """
-    _check_tensor("tensor", tensor)
-    _check_positive("std", std, allow_zero=True)
-    _check_positive("a", a)
+    check_tensor("tensor", tensor)
+    check_positive("std", std, allow_zero=True)
+    check_positive("a", a)
     lo, hi = _Phi(-a), _Phi(a)
     with torch.no_grad():
         u = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
@@ -121,8 +101,8 @@ def bert_init_(module: nn.Module, std: float = BERT_STD, semantics: str = "tf",
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_positive("std", std)
-    _check_choice("semantics", semantics, ("tf", "torch"))
+    check_positive("std", std)
+    check_choice("semantics", semantics, ("tf", "torch"))
 
     def draw(w: torch.Tensor) -> None:
         if semantics == "tf":
@@ -169,7 +149,7 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         "gelu": F.gelu,
         "tanh": torch.tanh,
     }
-    _check_choice("activation", name, list(acts))
+    check_choice("activation", name, list(acts))
     return acts[name]
 
 
@@ -185,7 +165,7 @@ def _np_activation(name: str) -> Callable[[float], float]:
         "selu": lambda z: lam * z if z > 0 else lam * alp * (math.exp(z) - 1.0),
         "tanh": math.tanh,
     }
-    _check_choice("act", name, list(acts))
+    check_choice("act", name, list(acts))
     return acts[name]
 
 
@@ -193,7 +173,7 @@ def activation_second_moment(act: str, var: float = 1.0) -> float:
     r"""``E[act(z)^2]`` for ``z ~ N(0, var)`` by quadrature (Formula A3); sigmoid at var 1: 0.2933790."""
     from scipy.integrate import quad
 
-    _check_positive("var", var)
+    check_positive("var", var)
     f = _np_activation(act)
     s = math.sqrt(var)
     val, _ = quad(lambda z: f(s * z) ** 2 * _phi(z), -np.inf, np.inf, limit=200)
@@ -219,13 +199,13 @@ def selu_constants() -> tuple[float, float]:
 def init_std_by_name(init: str | float, fan_in: int) -> float:
     """Realised weight std of a named init: ``lecun`` 1/√m, ``he`` √(2/m), ``bert`` 0.0175925 (TF 0.02),
     ``bert_corrected`` 0.02 (TF param 0.02·1.1368), ``glorot`` for square matrices = lecun; or a float std."""
-    _check_positive("fan_in", fan_in, integer=True)
+    check_positive("fan_in", fan_in, integer=True)
     if isinstance(init, (int, float)) and not isinstance(init, bool):
-        _check_positive("init", init)
+        check_positive("init", init)
         return float(init)
     table = {"lecun": 1 / math.sqrt(fan_in), "he": math.sqrt(2 / fan_in),
              "bert": realised_std(BERT_STD), "bert_corrected": BERT_STD}
-    _check_choice("init", init, list(table))
+    check_choice("init", init, list(table))
     return table[init]
 
 
@@ -237,7 +217,7 @@ def second_moment_profile(width: int = 256, depth: int = 20, init: str | float =
     Per layer ``E[y^2] = m·E[w^2]·E[x^2]``, then the activation's own factor.
     """
     for nm, v in (("width", width), ("depth", depth), ("n", n)):
-        _check_positive(nm, v, integer=True)
+        check_positive(nm, v, integer=True)
     act = _activation(activation)
     std = init_std_by_name(init, width)
     g = torch.Generator().manual_seed(seed)
@@ -257,7 +237,7 @@ def attention_softmax_stats(d: int, T: int = 64, scale: bool = True, n: int = 25
     Returns mean max-probability, mean entropy (nats, max ``log T``) and ``E[(q·k)^2]/d`` (≈ 1, Formula A5).
     """
     for nm, v in (("d", d), ("T", T), ("n", n)):
-        _check_positive(nm, v, integer=True)
+        check_positive(nm, v, integer=True)
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(n, 1, d, generator=g)
     k = torch.randn(n, T, d, generator=g)
@@ -296,11 +276,11 @@ class StackConfig:
 
     def __post_init__(self) -> None:
         for nm in ("d", "L", "heads", "ff"):
-            _check_positive(nm, getattr(self, nm), integer=True)
-        _check_choice("kind", self.kind, ("post", "pre"))
-        _check_choice("branch", self.branch, ("attn_ffn", "mlp", "noise"))
-        _check_positive("alpha", self.alpha)
-        _check_positive("sigma", self.sigma, allow_zero=True)
+            check_positive(nm, getattr(self, nm), integer=True)
+        check_choice("kind", self.kind, ("post", "pre"))
+        check_choice("branch", self.branch, ("attn_ffn", "mlp", "noise"))
+        check_positive("alpha", self.alpha)
+        check_positive("sigma", self.sigma, allow_zero=True)
         if self.d % self.heads:
             raise ValueError(f"d must be divisible by heads, got d={self.d}, heads={self.heads}")
 
@@ -354,7 +334,7 @@ class Sublayer(nn.Module):
 
     def __init__(self, branch: nn.Module, d: int, kind: str) -> None:
         super().__init__()
-        _check_choice("kind", kind, ("post", "pre"))
+        check_choice("kind", kind, ("post", "pre"))
         self.branch, self.norm, self.kind = branch, nn.LayerNorm(d), kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,14 +395,14 @@ def postln_coefficient(sigmas2: Sequence[float]) -> np.ndarray:
 
 def branch_variance_linear(d: int, std: float) -> float:
     """B5: branch variance of one bias-free ``d×d`` map with realised std `std` on unit input: ``d·std²``."""
-    _check_positive("d", d, integer=True)
-    _check_positive("std", std, allow_zero=True)
+    check_positive("d", d, integer=True)
+    check_positive("std", std, allow_zero=True)
     return d * std * std
 
 
 def branch_variance_ffn(d: int, std: float, ff_mult: int = 4) -> float:
     r"""B5: ``σ²_FFN = ff·std²·E[GELU(z)²]``, ``z ~ N(0, d·std²)``; BERT-base (d=768, std 0.0175925): 0.074822."""
-    _check_positive("ff_mult", ff_mult, integer=True)
+    check_positive("ff_mult", ff_mult, integer=True)
     v = branch_variance_linear(d, std)
     return ff_mult * d * std * std * activation_second_moment("gelu", v)
 
@@ -440,7 +420,7 @@ def record_stack(model: ResidualStack, x0: torch.Tensor) -> dict[str, np.ndarray
     """
     if not isinstance(model, ResidualStack):
         raise TypeError(f"model must be a ResidualStack, got {type(model).__name__}")
-    _check_tensor("x0", x0, 3)
+    check_tensor("x0", x0, 3)
     if x0.shape[-1] != model.cfg.d:
         raise ValueError(f"x0 must have last dim d={model.cfg.d}, got shape {tuple(x0.shape)}")
     rec: dict[str, list[float]] = {"c": [], "sigma2": [], "branch_sq": [], "stream_sq": []}
@@ -477,8 +457,8 @@ def gradient_profile(model: ResidualStack, x0: torch.Tensor, target: torch.Tenso
     """
     if not isinstance(model, ResidualStack):
         raise TypeError(f"model must be a ResidualStack, got {type(model).__name__}")
-    _check_tensor("x0", x0, 3)
-    _check_tensor("target", target, 3)
+    check_tensor("x0", x0, 3)
+    check_tensor("target", target, 3)
     if target.shape != x0.shape:
         raise ValueError(f"target must have the shape of x0 {tuple(x0.shape)}, got {tuple(target.shape)}")
     inputs: list[torch.Tensor] = []
@@ -505,8 +485,8 @@ def gradient_profile(model: ResidualStack, x0: torch.Tensor, target: torch.Tenso
 def probe_stack(cfg: StackConfig, B: int = 16, T: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """Build `cfg` with `seed`, run `record_stack` and `gradient_profile` on ``x0 ~ N(0, I) [B, T, d]``
     against a random ``N(0, I)`` target; returns the union of both dicts (arrays per sublayer)."""
-    _check_positive("B", B, integer=True)
-    _check_positive("T", T, integer=True)
+    check_positive("B", B, integer=True)
+    check_positive("T", T, integer=True)
     g = torch.Generator().manual_seed(seed)
     model = ResidualStack(cfg, g)
     x0 = torch.randn(B, T, cfg.d, generator=g)
@@ -527,10 +507,10 @@ def first_step_update(grad: torch.Tensor, optimizer: str = "adam", lr: float = 1
 
     Adam: ``-lr·g/(|g| + eps)`` (bias corrections cancel at t = 1), i.e. ``≈ -lr·sign(g)``; SGD: ``-lr·g``.
     """
-    _check_tensor("grad", grad)
-    _check_choice("optimizer", optimizer, ("adam", "sgd"))
-    _check_positive("lr", lr)
-    _check_positive("eps", eps, allow_zero=True)
+    check_tensor("grad", grad)
+    check_choice("optimizer", optimizer, ("adam", "sgd"))
+    check_positive("lr", lr)
+    check_positive("eps", eps, allow_zero=True)
     p = nn.Parameter(torch.zeros_like(grad, dtype=torch.float64))
     opt = (torch.optim.Adam([p], lr=lr, eps=eps) if optimizer == "adam" else torch.optim.SGD([p], lr=lr))
     p.grad = grad.detach().to(torch.float64).clone()
@@ -545,14 +525,14 @@ def linear_warmup(step: int, warmup: int, peak_lr: float, total_steps: int | Non
     (``total_steps=None``, as ``get_constant_schedule_with_warmup``) or a linear decay to 0 at
     `total_steps` (as ``get_linear_schedule_with_warmup``).
     """
-    _check_positive("step", step, integer=True, allow_zero=True)
-    _check_positive("warmup", warmup, integer=True, allow_zero=True)
-    _check_positive("peak_lr", peak_lr, allow_zero=True)
+    check_positive("step", step, integer=True, allow_zero=True)
+    check_positive("warmup", warmup, integer=True, allow_zero=True)
+    check_positive("peak_lr", peak_lr, allow_zero=True)
     if step < warmup:
         return peak_lr * step / max(1, warmup)
     if total_steps is None:
         return float(peak_lr)
-    _check_positive("total_steps", total_steps, integer=True)
+    check_positive("total_steps", total_steps, integer=True)
     return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
@@ -570,10 +550,10 @@ class WarmupRun:
     warmup: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("kind", self.kind, ("post", "pre"))
-        _check_positive("alpha", self.alpha)
-        _check_positive("lr", self.lr)
-        _check_positive("warmup", self.warmup, integer=True, allow_zero=True)
+        check_choice("kind", self.kind, ("post", "pre"))
+        check_positive("alpha", self.alpha)
+        check_positive("lr", self.lr)
+        check_positive("warmup", self.warmup, integer=True, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -629,7 +609,7 @@ class BatchedResidualMLP(nn.Module):
     def __init__(self, K: int, din: int, d: int, L: int, classes: int, kind: str,
                  alphas: Sequence[float], generator: torch.Generator | None = None) -> None:
         super().__init__()
-        _check_choice("kind", kind, ("post", "pre"))
+        check_choice("kind", kind, ("post", "pre"))
         if len(alphas) != K:
             raise ValueError(f"alphas must have K={K} entries, got {len(alphas)}")
         self.kind, self.K, self.d, self.L = kind, K, d, L
@@ -651,7 +631,7 @@ class BatchedResidualMLP(nn.Module):
         return F.layer_norm(h, (self.d,)) * self.ln_g[:, i] + self.ln_b[:, i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_tensor("x", x, 2)
+        check_tensor("x", x, 2)
         h = torch.matmul(x, self.w_in) + self.b_in  # [K, B, d]
         for i in range(self.L):
             if self.kind == "post":
@@ -766,7 +746,7 @@ def train_warmup_grid(runs: Sequence[WarmupRun], cfg: WarmupGridConfig = WarmupG
 
 def smooth(losses: np.ndarray, window: int = 25) -> np.ndarray:
     """Moving average over the last axis (``'valid'`` part), NaN-propagating: ``[..., S] -> [..., S-w+1]``."""
-    _check_positive("window", window, integer=True)
+    check_positive("window", window, integer=True)
     a = np.asarray(losses, dtype=float)
     c = np.cumsum(np.concatenate([np.zeros(a.shape[:-1] + (1,)), a], -1), -1)
     return (c[..., window:] - c[..., :-window]) / window
@@ -782,15 +762,15 @@ def predicted_logit_entropy(d: int, V: int, std: float) -> float:
 
     Valid while ``e^{τ²} ≪ V`` (many logits share the mass); fails for large τ.
     """
-    _check_positive("V", V, integer=True)
+    check_positive("V", V, integer=True)
     return math.log(V) - branch_variance_linear(d, std) / 2
 
 
 def softmax_entropy_at_init(d: int, V: int, std: float, n: int = 64, seed: int = 0) -> float:
     """Mean softmax entropy (nats) of ``u Eᵀ`` with ``u = LN(z) [n, d]`` and ``E ~ N(0, std²) [V, d]``."""
     for nm, v in (("d", d), ("V", V), ("n", n)):
-        _check_positive(nm, v, integer=True)
-    _check_positive("std", std)
+        check_positive(nm, v, integer=True)
+    check_positive("std", std)
     g = torch.Generator().manual_seed(seed)
     u = F.layer_norm(torch.randn(n, d, generator=g, dtype=torch.float64), (d,))
     E = torch.randn(V, d, generator=g, dtype=torch.float64) * std
@@ -803,8 +783,8 @@ def make_markov_corpus(V: int = 512, T: int = 32, n: int = 2048, seed: int = 0, 
     """Token sequences ``[n, T]`` (ids in ``[0, V)``) from a sparse Markov chain: each token has `successors`
     next tokens drawn Zipf-distributed over the vocabulary, chosen with probability ∝ 1/(j+1)."""
     for nm, v in (("V", V), ("T", T), ("n", n), ("successors", successors)):
-        _check_positive(nm, v, integer=True)
-    _check_positive("zipf", zipf, allow_zero=True)
+        check_positive(nm, v, integer=True)
+    check_positive("zipf", zipf, allow_zero=True)
     if successors > V:
         raise ValueError(f"successors must be <= V={V}, got {successors}")
     g = torch.Generator().manual_seed(seed)
@@ -825,7 +805,7 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, p: float = 0.15,
 
     ``tokens [B, T] -> (inputs [B, T], masked [B, T] bool)``; the loss uses ``tokens[masked]``.
     """
-    _check_tensor("tokens", tokens, 2)
+    check_tensor("tokens", tokens, 2)
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p!r}")
     masked = torch.rand(tokens.shape, generator=generator) < p
@@ -860,8 +840,8 @@ class TinyMLM(nn.Module):
 
     def forward(self, inputs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """``inputs [B, T]`` long, ``masked [B, T]`` bool -> logits ``[N_masked, V + 1]``."""
-        _check_tensor("inputs", inputs, 2)
-        _check_tensor("masked", masked, 2)
+        check_tensor("inputs", inputs, 2)
+        check_tensor("masked", masked, 2)
         if masked.dtype != torch.bool or masked.shape != inputs.shape:
             raise ValueError(f"masked must be a bool tensor of shape {tuple(inputs.shape)}, "
                              f"got {masked.dtype} {tuple(masked.shape)}")
@@ -971,7 +951,7 @@ def bert_sublayer_ratios(model: nn.Module, input_ids: torch.Tensor,
     """
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
         raise TypeError(f"model must be a transformers BertModel (with .encoder.layer), got {type(model).__name__}")
-    _check_tensor("input_ids", input_ids, 2)
+    check_tensor("input_ids", input_ids, 2)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     keep = attention_mask.bool()
@@ -1010,7 +990,7 @@ def embedding_grad_rows(model: TinyMLM, tokens: torch.Tensor, seed: int = 0) -> 
     gives every row a gradient (softmax is dense)."""
     if not isinstance(model, TinyMLM):
         raise TypeError(f"model must be a TinyMLM, got {type(model).__name__}")
-    _check_tensor("tokens", tokens, 2)
+    check_tensor("tokens", tokens, 2)
     g = torch.Generator().manual_seed(seed)
     inputs, masked = mask_tokens(tokens, model.mask_id, 0.15, g)
     model.zero_grad(set_to_none=True)
