@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import torch
 
 
-def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    """Raise unless `value` is a finite number (an int if `integer`) that is > 0 (≥ 0 if `allow_zero`)."""
+def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> Any:
+    """Return `value` if it is a finite number (an int if `integer`) that is > 0 (≥ 0 if `allow_zero`), else raise."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         expected = "an int" if integer else "a number"
@@ -16,12 +16,14 @@ def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: 
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return value
 
 
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raise unless `value` is one of `choices`."""
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Return `value` if it is one of `choices`, else raise."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 def check_tensor(name: str, value: Any, ndim: int | None = None, *, floating: bool = False) -> None:
