@@ -584,3 +584,28 @@ def test_hook_scope_leaves_other_parameters_alone():
     ct.ChildTuningHook("F", 0.5, params=[a], seed=0).before_step([a, b])
     assert set(a.grad.unique().tolist()) == {0.0, 2.0}
     assert torch.equal(b.grad, torch.ones(100))
+
+
+def test_callback_inside_a_real_trainer_freezes_unmasked_weights(tmp_path):
+    """Mode D inside `transformers.Trainer` (AdamW built by the Trainer, weight decay 0): every in-scope weight
+    outside the Fisher mask is bit-identical after training, and some weights inside it moved."""
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = BertForSequenceClassification(config)
+    generator = torch.Generator().manual_seed(1)
+    dataset = [{"input_ids": torch.randint(1, 50, (8,), generator=generator), "labels": int(i % 2)} for i in range(32)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = ct.ChildTuningCallback("D", reserve_p=0.3)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, learning_rate=1e-2,
+                             weight_decay=0.0, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback]).train()
+    moved_inside = 0
+    for name, mask in callback.name_masks.items():
+        param = dict(model.named_parameters())[name].detach()
+        assert torch.equal(param[~mask], before[name][~mask]), f"{name}: unmasked weights changed"
+        moved_inside += int((param[mask] != before[name][mask]).sum())
+    assert callback.name_masks and moved_inside > 0
