@@ -12,6 +12,8 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Progress bars are for live sessions: in the built book they would be frozen widgets loading JS from a CDN.
+BUILD_ENV := BOOK_BUILD=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 
 .PHONY: help setup data book book-clean test test-lib test-notebooks test-browser browser bench serve lab clean
 
@@ -35,7 +37,7 @@ data: $(STAMP)
 
 book: $(STAMP)
 	$(PY) -m lib.build prepare
-	BOOK_BUILD=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(BUILD_ENV) $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "open _build/html/index.html (or: make serve)"
 
 book-clean:
@@ -50,7 +52,7 @@ test-lib: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(PY) -m lib.build prepare
-	$(PY) -m pytest -m notebook -n 2 -q
+	$(BUILD_ENV) $(PY) -m pytest -m notebook -n 2 -q
 
 test-browser: $(STAMP) browser book
 	$(PY) -m pytest -m browser -q

@@ -48,7 +48,8 @@ def test_notebook_executes(path, cache):
             return  # already executed successfully with this code and this lib
         except KeyError:
             record = cache.add_nb_to_project(str(path))
-    os.environ["BOOK_BUILD"] = "1"  # the kernel inherits it: explorables render their static version
+    # the kernel inherits these: explorables render their static version, progress bars stay off
+    os.environ.update(BOOK_BUILD="1", TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     start = time.perf_counter()
     result = single_nb_execution(notebook, cwd=str(path.parent), allow_errors=False, timeout=TIMEOUT_S,
                                  meta_override=True)

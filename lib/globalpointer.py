@@ -1,0 +1,336 @@
+"""GlobalPointer, Efficient GlobalPointer, RoPE and multi-label categorical cross-entropy.
+
+Shared by the GPLinker relation chapter (`lib.gplinker`) and the GPLinker event chapter (`lib.events`).
+
+A GlobalPointer is a *token-pair classifier*: for every head (class) ``alpha`` and every pair of
+positions ``(i, j)`` it produces a score
+
+.. math::  s_\\alpha(i, j) = \\frac{(\\mathcal R_i q_{i,\\alpha})^\\top (\\mathcal R_j k_{j,\\alpha})}{\\sqrt d}
+
+where ``q``/``k`` are linear projections of the encoder states and ``R_i`` is the rotary position
+embedding (RoPE, interleaved-pair layout as in bert4keras). The pair ``(i, j)`` is predicted for class
+``alpha`` iff ``s_alpha(i, j) > 0``; training uses the multi-label "softmax + cross-entropy"
+
+.. math::  \\mathcal L = \\log\\Big(1 + \\sum_{i\\in\\mathcal N} e^{s_i}\\Big)
+                      + \\log\\Big(1 + \\sum_{j\\in\\mathcal P} e^{-s_j}\\Big)
+
+over the flattened ``L*L`` cells of each head (kexue.fm/archives/7359, /8373, /8877, /8888).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "GlobalPointer",
+    "rope",
+    "rope_matrix",
+    "gp_param_count",
+    "pair_mask",
+    "multilabel_categorical_crossentropy",
+    "sparse_multilabel_categorical_crossentropy",
+    "pairs_to_flat_indices",
+    "globalpointer_loss",
+]
+
+
+# ----------------------------------------------------------------------------------------- RoPE
+def _check_tensor(x: object, name: str, ndim_min: int = 1) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < ndim_min:
+        raise ValueError(f"{name} must have at least {ndim_min} dimensions, got shape {tuple(x.shape)}")
+
+
+def rope(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding along the position axis, interleaved-pair layout (bert4keras).
+
+    x: ``[..., L, d]`` with even ``d``; position ``i`` is the index along axis ``-2`` (0-based).
+    With :math:`\\theta_m = \\text{base}^{-2m/d}` the pair :math:`(x_{2m}, x_{2m+1})` at position ``i``
+    is rotated by the angle :math:`i\\theta_m`. Property: :math:`\\mathcal R_i^\\top \\mathcal R_j =
+    \\mathcal R_{j-i}`, so :math:`(\\mathcal R_i q)^\\top(\\mathcal R_j k)` depends on ``j - i`` only.
+    Returns a tensor of the same shape and dtype.
+    """
+    _check_tensor(x, "x", 2)
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"x: the last dimension (head size) must be even, got {d}")
+    if not base > 0:
+        raise ValueError(f"base must be > 0, got {base}")
+    length = x.shape[-2]
+    m = torch.arange(d // 2, dtype=torch.float64, device=x.device)
+    theta = base ** (-2.0 * m / d)  # [d/2]
+    angles = torch.arange(length, dtype=torch.float64, device=x.device)[:, None] * theta  # [L, d/2]
+    cos = angles.cos().to(x.dtype).repeat_interleave(2, dim=-1)  # [L, d]
+    sin = angles.sin().to(x.dtype).repeat_interleave(2, dim=-1)
+    # rotate_every_two: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)
+    x2 = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)
+    return x * cos + x2 * sin
+
+
+def rope_matrix(position: int, d: int, base: float = 10000.0) -> Tensor:
+    """Explicit ``[d, d]`` (float64) rotation matrix :math:`\\mathcal R_i` with ``rope(x)[i] = R_i @ x[i]``."""
+    if not isinstance(position, int):
+        raise TypeError(f"position must be an int, got {type(position).__name__}")
+    if not isinstance(d, int) or d <= 0 or d % 2:
+        raise ValueError(f"d must be a positive even int, got {d!r}")
+    r = torch.zeros(d, d, dtype=torch.float64)
+    for m in range(d // 2):
+        a = position * base ** (-2.0 * m / d)
+        c, s = math.cos(a), math.sin(a)
+        r[2 * m, 2 * m], r[2 * m, 2 * m + 1] = c, -s
+        r[2 * m + 1, 2 * m], r[2 * m + 1, 2 * m + 1] = s, c
+    return r
+
+
+# ---------------------------------------------------------------------------------------- masks
+def pair_mask(attention_mask: Tensor | None, length: int, *, tril_mask: bool,
+              device: torch.device | None = None) -> Tensor | None:
+    """Boolean ``[B or 1, 1, L, L]`` mask of cells to *discard* (True = masked).
+
+    A cell ``(i, j)`` is masked when position ``i`` or ``j`` is padding (``attention_mask == 0``)
+    or, with ``tril_mask``, when ``j < i`` (strict lower triangle). Returns None if nothing is masked.
+    """
+    masked = None
+    if attention_mask is not None:
+        keep = attention_mask.to(torch.bool)
+        masked = ~(keep[:, None, :, None] & keep[:, None, None, :])  # [B, 1, L, L]
+    if tril_mask:
+        tri = torch.ones(length, length, dtype=torch.bool, device=device).tril(-1)[None, None]
+        masked = tri if masked is None else masked | tri
+    return masked
+
+
+# ----------------------------------------------------------------------------- GlobalPointer
+class GlobalPointer(nn.Module):
+    """GlobalPointer (standard or Efficient) producing token-pair logits.
+
+    Standard (kexue.fm/archives/8373): one Dense ``D -> num_heads * 2 * head_size``; per head the first
+    ``head_size`` channels are ``q``, the last ``head_size`` are ``k``;
+    :math:`s_\\alpha(i,j) = (\\mathcal R_i q_{i\\alpha})^\\top(\\mathcal R_j k_{j\\alpha})/\\sqrt d`.
+
+    Efficient (kexue.fm/archives/8877, ``efficient=True``): a shared Dense ``D -> 2 * head_size`` gives
+    :math:`u_i`, with ``q = u[0::2]``, ``k = u[1::2]``; a per-type Dense ``2 d -> 2 h`` on the
+    *pre-RoPE* ``u`` gives ``c``, and
+    :math:`s_\\alpha(i,j) = (\\mathcal R_i q_i)^\\top(\\mathcal R_j k_j)/\\sqrt d + \\tfrac12 c_{i,2\\alpha+1}
+    + \\tfrac12 c_{j,2\\alpha}`.
+
+    Args:
+        hidden_size: encoder width ``D``.
+        num_heads: number of classes ``h`` (entity types, predicates, ...).
+        head_size: ``d`` (64 in the post's code).
+        rope: apply RoPE to ``q`` and ``k`` (on for entity spans, off for GPLinker's link matrices).
+        tril_mask: mask the strict lower triangle ``j < i`` (spans need ``i <= j``; links do not).
+        efficient: Efficient GlobalPointer instead of the standard one.
+        bias: use biases in the Dense layers (the reference code does).
+
+    forward(hidden_states ``[B, L, D]``, attention_mask ``[B, L]`` (1 keep / 0 pad) or None)
+    -> logits ``[B, num_heads, L, L]``; masked cells hold ``torch.finfo(dtype).min`` (via masked_fill).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, head_size: int = 64, *, rope: bool = True,
+                 tril_mask: bool = True, efficient: bool = False, bias: bool = True) -> None:
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_size", head_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if rope and head_size % 2:
+            raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+        self.hidden_size, self.num_heads, self.head_size = hidden_size, num_heads, head_size
+        self.rope, self.tril_mask, self.efficient = bool(rope), bool(tril_mask), bool(efficient)
+        if efficient:
+            self.p_dense = nn.Linear(hidden_size, 2 * head_size, bias=bias)
+            self.q_dense = nn.Linear(2 * head_size, 2 * num_heads, bias=bias)
+        else:
+            self.dense = nn.Linear(hidden_size, num_heads * 2 * head_size, bias=bias)
+
+    def extra_repr(self) -> str:
+        return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, head_size={self.head_size}, "
+                f"rope={self.rope}, tril_mask={self.tril_mask}, efficient={self.efficient}")
+
+    def _check(self, hidden_states: Tensor, attention_mask: Tensor | None) -> None:
+        _check_tensor(hidden_states, "hidden_states", 3)
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden_states must have shape [B, L, {self.hidden_size}], "
+                             f"got {tuple(hidden_states.shape)}")
+        if attention_mask is not None:
+            _check_tensor(attention_mask, "attention_mask", 2)
+            if tuple(attention_mask.shape) != tuple(hidden_states.shape[:2]):
+                raise ValueError(f"attention_mask must have shape [B, L] = {tuple(hidden_states.shape[:2])}, "
+                                 f"got {tuple(attention_mask.shape)}")
+
+    def scores(self, hidden_states: Tensor) -> Tensor:
+        """Unmasked pair scores ``[B, num_heads, L, L]`` (no padding / triangle mask)."""
+        d = self.head_size
+        if self.efficient:
+            u = self.p_dense(hidden_states)  # [B, L, 2d]
+            q, k = u[..., ::2], u[..., 1::2]  # [B, L, d]
+            if self.rope:
+                q, k = rope(q), rope(k)
+            logits = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(d)
+            c = self.q_dense(u).transpose(1, 2) / 2  # [B, 2h, L]
+            return logits[:, None] + c[:, 0::2, None, :] + c[:, 1::2, :, None]
+        b, length, _ = hidden_states.shape
+        u = self.dense(hidden_states).view(b, length, self.num_heads, 2 * d).transpose(1, 2)  # [B, h, L, 2d]
+        q, k = u[..., :d], u[..., d:]
+        if self.rope:
+            q, k = rope(q), rope(k)
+        return torch.einsum("bhmd,bhnd->bhmn", q, k) / math.sqrt(d)
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        self._check(hidden_states, attention_mask)
+        logits = self.scores(hidden_states)
+        masked = pair_mask(attention_mask, hidden_states.shape[1], tril_mask=self.tril_mask,
+                           device=hidden_states.device)
+        if masked is not None:
+            logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+        return logits
+
+
+def gp_param_count(hidden_size: int, num_heads: int, head_size: int = 64, *, efficient: bool = False,
+                   bias: bool = True) -> int:
+    """Closed-form parameter count of a GlobalPointer.
+
+    standard: :math:`D\\cdot 2dh + 2dh` ; efficient: :math:`(D\\cdot 2d + 2d) + (2d\\cdot 2h + 2h)`
+    (the ``+`` terms are the biases and vanish with ``bias=False``).
+    """
+    for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_size", head_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    D, h, d = hidden_size, num_heads, head_size
+    if efficient:
+        return D * 2 * d + 2 * d * 2 * h + (2 * d + 2 * h) * bias
+    return D * 2 * d * h + 2 * d * h * bias
+
+
+# --------------------------------------------------------------------------------------- losses
+def _log1p_sum_exp(scores: Tensor, exclude: Tensor) -> Tensor:
+    """:math:`\\log(1 + \\sum_{c \\notin \\text{exclude}} e^{s_c})` over the last axis, computed stably."""
+    lse = torch.logsumexp(scores.masked_fill(exclude, float("-inf")), dim=-1)
+    return torch.logaddexp(lse, torch.zeros_like(lse))
+
+
+def multilabel_categorical_crossentropy(labels: Tensor, logits: Tensor) -> Tensor:
+    """Dense multi-label categorical cross-entropy (kexue.fm/archives/7359), one value per row.
+
+    labels: multi-hot ``[..., C]`` (0/1, any dtype); logits: ``[..., C]`` -> loss ``[...]``:
+
+    .. math:: \\log(1+\\textstyle\\sum_{\\mathcal N} e^{s_i}) + \\log(1+\\sum_{\\mathcal P} e^{-s_j}).
+
+    Computed with ``logsumexp`` on ``masked_fill(-inf)`` copies, so it is exact for extreme logits
+    (masked cells at ``finfo.min`` simply drop out).
+    """
+    _check_tensor(labels, "labels")
+    _check_tensor(logits, "logits")
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
+    if ((labels != 0) & (labels != 1)).any():
+        raise ValueError("labels must be multi-hot (0/1 only), got other values")
+    pos = labels.to(torch.bool)
+    neg_term = _log1p_sum_exp(logits, pos)
+    pos_term = _log1p_sum_exp(-logits, ~pos)
+    return neg_term + pos_term
+
+
+def sparse_multilabel_categorical_crossentropy(label_indices: Tensor, logits: Tensor, *, pad_index: int = -1,
+                                               method: str = "mask", eps: float = 1e-7) -> Tensor:
+    """Sparse multi-label categorical cross-entropy from positive class indices only (post 8888, Eq. 11).
+
+    label_indices: ``[..., K]`` int, positive class indices in ``[0, C)``, padded with ``pad_index``;
+    repeated indices count once (a *set* of positives). logits: ``[..., C]`` -> loss ``[...]``, equal to
+    :func:`multilabel_categorical_crossentropy` with the corresponding multi-hot labels.
+
+    The positive term :math:`\\log(1+\\sum_{\\mathcal P} e^{-s})` only needs the gathered positive logits.
+    For the negative term, with :math:`a=\\log(1+\\sum_{\\mathcal A} e^{s})` and
+    :math:`b=\\log\\sum_{\\mathcal P} e^{s}`:
+
+    * ``method="subtract"`` — the post's Eq. 11, :math:`a + \\log(1 - e^{b-a})` with
+      :math:`1-e^{b-a}` clipped to ``[eps, 1]`` (as in bert4keras). Suffers cancellation when positives
+      dominate (bert4keras #436 NaN / #500 negative loss; clipping trades those for a bias).
+    * ``method="mask"`` (default) — :math:`\\log(1+\\sum_{\\mathcal N} e^{s})` directly, from a copy of
+      the logits with the positive entries scattered to ``-inf``: exact, never negative, no NaN.
+      Its extra memory is one logits-sized copy, the same as the concatenation Eq. 11 needs.
+    """
+    _check_tensor(label_indices, "label_indices")
+    _check_tensor(logits, "logits")
+    if label_indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"label_indices must be an integer tensor, got {label_indices.dtype}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
+    if label_indices.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(f"label_indices [..., K] and logits [..., C] must share the leading shape; got "
+                         f"{tuple(label_indices.shape)} and {tuple(logits.shape)}")
+    if method not in ("mask", "subtract"):
+        raise ValueError(f"method must be 'mask' or 'subtract', got {method!r}")
+    num_classes = logits.shape[-1]
+    if label_indices.shape[-1] == 0:  # no positives anywhere
+        zero = torch.zeros_like(logits[..., 0])
+        return torch.logaddexp(torch.logsumexp(logits, dim=-1), zero)
+    idx = label_indices.long()
+    valid = idx != pad_index
+    if (valid & ((idx < 0) | (idx >= num_classes))).any():
+        raise ValueError(f"label_indices must lie in [0, {num_classes}) or equal pad_index={pad_index}")
+    # de-duplicate: sort, then a value equal to its left neighbour is a repeat
+    idx = torch.where(valid, idx, torch.full_like(idx, -1))
+    idx, _ = idx.sort(dim=-1)
+    valid = idx >= 0
+    if idx.shape[-1] > 1:
+        repeat = torch.zeros_like(valid)
+        repeat[..., 1:] = idx[..., 1:] == idx[..., :-1]
+        valid = valid & ~repeat
+    safe = idx.clamp(min=0)
+    pos_logits = logits.gather(-1, safe)  # [..., K]
+    pos_term = _log1p_sum_exp(-pos_logits, ~valid)
+    if method == "mask":
+        # -inf at the positives: count the valid indices per cell (scatter_add is exact with repeats and
+        # padding, which add 0), then mask. Gradients flow to every negative logit exactly once.
+        counts = torch.zeros(logits.shape, dtype=torch.int32, device=logits.device)
+        is_positive = counts.scatter_add_(-1, safe, valid.to(torch.int32)) > 0
+        neg_scores = logits.masked_fill(is_positive, float("-inf"))
+        neg_term = torch.logaddexp(torch.logsumexp(neg_scores, dim=-1), logits.new_zeros(()))
+        return neg_term + pos_term
+    a = torch.logaddexp(torch.logsumexp(logits, dim=-1), logits.new_zeros(()))
+    b = torch.logsumexp(pos_logits.masked_fill(~valid, float("-inf")), dim=-1)
+    aux = torch.clamp(1 - torch.exp(b - a), eps, 1)
+    return a + torch.log(aux) + pos_term
+
+
+def pairs_to_flat_indices(pairs: Tensor, length: int, *, pad_index: int = -1) -> Tensor:
+    """Map ``(i, j)`` cell pairs ``[..., P, 2]`` to flat indices ``i * L + j`` ``[..., P]``.
+
+    A pair with a negative coordinate is padding and maps to ``pad_index``. ``length`` must be the
+    padded length ``L`` of the logits being flattened (not a sentence's own length).
+    """
+    _check_tensor(pairs, "pairs", 2)
+    if pairs.shape[-1] != 2:
+        raise ValueError(f"pairs must have shape [..., P, 2], got {tuple(pairs.shape)}")
+    if not isinstance(length, int) or length <= 0:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    pairs = pairs.long()
+    pad = (pairs < 0).any(-1)
+    if ((pairs >= length) & ~pad[..., None]).any():
+        raise ValueError(f"pairs must have coordinates < length={length}")
+    flat = pairs[..., 0] * length + pairs[..., 1]
+    return flat.masked_fill(pad, pad_index)
+
+
+def globalpointer_loss(logits: Tensor, pairs: Tensor) -> Tensor:
+    """Sparse GlobalPointer loss: sum over heads, mean over the batch (the reference reduction).
+
+    logits: ``[B, C, L, L]``; pairs: ``[B, C, P, 2]`` int, positive cells ``(i, j)``, padded with ``-1``.
+    Returns a scalar.
+    """
+    _check_tensor(logits, "logits", 4)
+    if logits.dim() != 4 or logits.shape[-1] != logits.shape[-2]:
+        raise ValueError(f"logits must have shape [B, C, L, L], got {tuple(logits.shape)}")
+    if pairs.dim() != 4 or tuple(pairs.shape[:2]) != tuple(logits.shape[:2]) or pairs.shape[-1] != 2:
+        raise ValueError(f"pairs must have shape [B, C, P, 2] with B, C = {tuple(logits.shape[:2])}, "
+                         f"got {tuple(pairs.shape)}")
+    b, c, length, _ = logits.shape
+    flat = pairs_to_flat_indices(pairs, length)
+    loss = sparse_multilabel_categorical_crossentropy(flat, logits.reshape(b, c, length * length))
+    return loss.sum(dim=1).mean()

@@ -1,0 +1,774 @@
+"""GPLinker for joint entity–relation extraction (kexue.fm/archives/8888).
+
+A relation is the 5-tuple ``(s_h, s_t, p, o_h, o_t)`` (inclusive token spans of subject and object,
+predicate id). GPLinker factorises its score into four token-pair problems
+
+.. math:: S = S_{sub}(s_h, s_t) + S_{obj}(o_h, o_t) + S_{hh}(s_h, o_h \\mid p) + S_{tt}(s_t, o_t \\mid p)
+
+solved by three GlobalPointers: a 2-head entity GP (subject / object spans, RoPE, lower triangle masked)
+and two ``n``-head link GPs (head–head and tail–tail, no RoPE, no triangle mask). A 5-tuple is decoded
+iff *each* of the four scores exceeds the threshold (conjunction, not the sum).
+
+Contents: label encoding (:func:`encode_quintuples`, :func:`pad_pairs`), a vectorised decoder
+(:func:`decode_relations`) with its nested-loop twin (:func:`decode_relations_loop`), oracle logits,
+micro P/R/F1, token <-> character span mapping, size arithmetic, the model heads (:class:`GPLinker`),
+a small from-scratch character encoder (:class:`TinyEncoder`) and the three training losses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lib.globalpointer import (
+    GlobalPointer,
+    gp_param_count,
+    multilabel_categorical_crossentropy,
+    pair_mask,
+    pairs_to_flat_indices,
+    sparse_multilabel_categorical_crossentropy,
+)
+
+Quintuple = tuple[int, int, int, int, int]  # (s_h, s_t, p, o_h, o_t), inclusive token spans
+RULES = ("and", "head_only", "sum")
+
+__all__ = [
+    "Quintuple", "RULES", "count_quintuples", "gplinker_cells", "dense_label_size", "gplinker_param_count",
+    "encode_quintuples", "pad_pairs", "pairs_to_dense", "oracle_logits", "decode_relations",
+    "decode_relations_loop", "decode_batch", "triple_prf", "char_span_to_tokens", "find_token_span",
+    "spans_to_text", "RelationExample", "prepare_examples", "GPLinker", "TinyEncoder", "gplinker_loss",
+    "collate", "normalise", "noisy_logits", "TooManyCandidates", "build_model", "run_experiment",
+    "run_experiments", "TopLayers", "HFEncoder", "bucket_batches", "make_batch", "encoder_features",
+    "evaluate", "train_gplinker", "LOSSES",
+]
+
+
+# ---------------------------------------------------------------------------------- arithmetic
+def _pos_int(value: object, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def count_quintuples(length: int, num_predicates: int) -> int:
+    """Naive candidate count :math:`n\\,[l(l+1)/2]^2` (post, Eq. 1)."""
+    l, n = _pos_int(length, "length"), _pos_int(num_predicates, "num_predicates")
+    return n * (l * (l + 1) // 2) ** 2
+
+
+def gplinker_cells(length: int, num_predicates: int) -> int:
+    """Cells GPLinker scores per sentence: :math:`2l^2` (entity GP) + :math:`2nl^2` (link GPs)."""
+    l, n = _pos_int(length, "length"), _pos_int(num_predicates, "num_predicates")
+    return 2 * l * l + 2 * n * l * l
+
+
+def dense_label_size(batch_size: int, num_predicates: int, length: int, include_entities: bool = False) -> int:
+    """Entries of the dense multi-hot link labels per batch, :math:`2bnl^2` (+ :math:`2bl^2` for entities)."""
+    b, n, l = (_pos_int(batch_size, "batch_size"), _pos_int(num_predicates, "num_predicates"),
+               _pos_int(length, "length"))
+    return 2 * b * n * l * l + (2 * b * l * l if include_entities else 0)
+
+
+def gplinker_param_count(hidden_size: int, num_predicates: int, head_size: int = 64, *, efficient: bool,
+                         bias: bool = True) -> int:
+    """Head parameters of GPLinker: one 2-head entity GP plus two ``n``-head link GPs."""
+    return (gp_param_count(hidden_size, 2, head_size, efficient=efficient, bias=bias)
+            + 2 * gp_param_count(hidden_size, num_predicates, head_size, efficient=efficient, bias=bias))
+
+
+# -------------------------------------------------------------------------------- label encoding
+def _check_quintuples(quintuples: Iterable[Sequence[int]], num_predicates: int,
+                      length: int | None = None) -> set[Quintuple]:
+    out = set()
+    for q in quintuples:
+        if len(q) != 5:
+            raise ValueError(f"quintuples must be (s_h, s_t, p, o_h, o_t), got {q!r}")
+        sh, st, p, oh, ot = (int(v) for v in q)
+        if not (0 <= sh <= st and 0 <= oh <= ot):
+            raise ValueError(f"quintuple spans must satisfy 0 <= head <= tail, got {q!r}")
+        if not 0 <= p < num_predicates:
+            raise ValueError(f"quintuple predicate must lie in [0, {num_predicates}), got {q!r}")
+        if length is not None and max(st, ot) >= length:
+            raise ValueError(f"quintuple positions must be < length={length}, got {q!r}")
+        out.add((sh, st, p, oh, ot))
+    return out
+
+
+def encode_quintuples(quintuples: Iterable[Sequence[int]], num_predicates: int) -> tuple[np.ndarray, ...]:
+    """Algorithm A: gold 5-tuples -> the three label sets as padded cell lists.
+
+    Returns ``entity [2, P, 2]`` (channel 0 subjects ``(s_h, s_t)``, channel 1 objects ``(o_h, o_t)``),
+    ``head [n, P, 2]`` (``(s_h, o_h)`` under predicate ``p``) and ``tail [n, P, 2]`` (``(s_t, o_t)``), int64,
+    each a *set* per channel (duplicates removed), padded with ``(-1, -1)``; ``P >= 1``.
+    """
+    n = _pos_int(num_predicates, "num_predicates")
+    quints = _check_quintuples(quintuples, n)
+    entity = [set(), set()]
+    head = [set() for _ in range(n)]
+    tail = [set() for _ in range(n)]
+    for sh, st, p, oh, ot in quints:
+        entity[0].add((sh, st))
+        entity[1].add((oh, ot))
+        head[p].add((sh, oh))
+        tail[p].add((st, ot))
+    return tuple(_sets_to_array(sets) for sets in (entity, head, tail))
+
+
+def _sets_to_array(sets: list[set]) -> np.ndarray:
+    width = max(1, max(len(s) for s in sets))
+    out = np.full((len(sets), width, 2), -1, dtype=np.int64)
+    for c, cells in enumerate(sets):
+        if cells:
+            out[c, : len(cells)] = sorted(cells)
+    return out
+
+
+def pad_pairs(arrays: Sequence[np.ndarray]) -> Tensor:
+    """Stack per-sample ``[C, P_b, 2]`` cell lists into ``[B, C, max P_b, 2]`` padded with -1."""
+    if not arrays:
+        raise ValueError("arrays must be a non-empty sequence of [C, P, 2] arrays")
+    shapes = {a.shape[0] for a in arrays}
+    if len(shapes) != 1 or any(a.ndim != 3 or a.shape[2] != 2 for a in arrays):
+        raise ValueError(f"arrays must all have shape [C, P, 2] with one C, got {[a.shape for a in arrays]}")
+    width = max(a.shape[1] for a in arrays)
+    out = np.full((len(arrays), arrays[0].shape[0], width, 2), -1, dtype=np.int64)
+    for b, a in enumerate(arrays):
+        out[b, :, : a.shape[1]] = a
+    return torch.from_numpy(out)
+
+
+def pairs_to_dense(pairs: Tensor, length: int) -> Tensor:
+    """Multi-hot ``[B, C, L, L]`` float labels from padded cell lists ``[B, C, P, 2]`` (the dense baseline)."""
+    b, c = pairs.shape[:2]
+    flat = pairs_to_flat_indices(pairs, length)  # [B, C, P], -1 = pad
+    dense = torch.zeros(b, c, length * length + 1)
+    dense.scatter_(-1, flat.masked_fill(flat < 0, length * length), 1.0)
+    return dense[..., :-1].view(b, c, length, length)
+
+
+def oracle_logits(quintuples: Iterable[Sequence[int]], num_predicates: int, length: int, pos: float = 1.0,
+                  neg: float = -1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Perfect score tables: ``pos`` on every gold cell of the three GPs, ``neg`` elsewhere.
+
+    Returns ``entity [2, L, L]``, ``head [n, L, L]``, ``tail [n, L, L]`` (float32).
+    """
+    n, L = _pos_int(num_predicates, "num_predicates"), _pos_int(length, "length")
+    quints = _check_quintuples(quintuples, n, L)
+    ent = np.full((2, L, L), neg, dtype=np.float32)
+    hh = np.full((n, L, L), neg, dtype=np.float32)
+    tt = np.full((n, L, L), neg, dtype=np.float32)
+    for sh, st, p, oh, ot in quints:
+        ent[0, sh, st] = ent[1, oh, ot] = hh[p, sh, oh] = tt[p, st, ot] = pos
+    return ent, hh, tt
+
+
+def noisy_logits(length: int, num_predicates: int, mean: float = -3.0, std: float = 1.5, num_triples: int = 6,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[Quintuple]]:
+    """Untrained-like scores for decoder benchmarks: oracle scores of ``num_triples`` random gold 5-tuples
+    (``+6`` on gold cells) plus i.i.d. noise N(mean, std^2); the entity
+    lower triangle is masked to ``finfo.min`` as the model would. Returns ``(entity, head, tail, gold)``."""
+    L, n = _pos_int(length, "length"), _pos_int(num_predicates, "num_predicates")
+    if L < 6:
+        raise ValueError(f"length must be >= 6, got {L}")
+    rng = np.random.default_rng(seed)
+    gold = set()
+    for _ in range(num_triples):
+        sh, oh = rng.integers(1, L - 4, 2)
+        gold.add((int(sh), int(sh + rng.integers(0, 3)), int(rng.integers(n)), int(oh), int(oh + rng.integers(0, 3))))
+    ent, hh, tt = oracle_logits(gold, n, L, pos=6.0, neg=0.0)
+    for table in (ent, hh, tt):
+        table += rng.normal(mean, std, table.shape).astype(np.float32)
+    rows, cols = np.tril_indices(L, -1)
+    ent[:, rows, cols] = np.finfo(np.float32).min
+    return ent, hh, tt, gold
+
+
+# ----------------------------------------------------------------------------------------- decode
+def _as_numpy(x: object, name: str, ndim: int) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().float().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+def _check_decode_inputs(entity, head, tail, rule):
+    entity, head, tail = (_as_numpy(entity, "entity", 3), _as_numpy(head, "head", 3), _as_numpy(tail, "tail", 3))
+    L = entity.shape[-1]
+    if entity.shape != (2, L, L):
+        raise ValueError(f"entity must have shape [2, L, L], got {entity.shape}")
+    if head.shape != tail.shape or head.shape[1:] != (L, L):
+        raise ValueError(f"head and tail must have shape [n, {L}, {L}], got {head.shape} and {tail.shape}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return entity, head, tail
+
+
+def _entity_candidates(entity: np.ndarray, threshold: float, special: Iterable[int]):
+    ent = entity.copy()
+    special = [int(s) for s in special]
+    if special:
+        ent[:, special, :] = -np.inf
+        ent[:, :, special] = -np.inf
+    subj = np.argwhere(ent[0] > threshold)  # [ns, 2] rows (h, t), sorted
+    obj = np.argwhere(ent[1] > threshold)
+    return ent, subj, obj
+
+
+class TooManyCandidates(ValueError):
+    """Raised by :func:`decode_relations` when ``|S| * |O|`` exceeds ``max_pairs`` (an untrained model at a
+    low threshold would otherwise enumerate millions of triples)."""
+
+
+def decode_relations(entity, head, tail, threshold: float = 0.0, special: Iterable[int] = (),
+                     rule: str = "and", chunk: int = 1 << 22, max_pairs: int | None = None) -> set[Quintuple]:
+    """Vectorised Algorithm B: scores of one sentence -> set of 5-tuples ``(s_h, s_t, p, o_h, o_t)``.
+
+    entity ``[2, L, L]``, head ``[n, L, L]``, tail ``[n, L, L]`` (numpy or torch). Subjects
+    :math:`\\mathcal S = \\{(h,t): E_0(h,t) > \\theta\\}`, objects :math:`\\mathcal O` likewise; the join
+    gathers the boolean hit tables ``head > θ`` and ``tail > θ`` (laid out ``[L, L, n]``) at
+    ``(s_h, o_h)`` and ``(s_t, o_t)`` for all ``|S| x |O|`` candidate pairs at once (pairs without any
+    link are filtered first; subjects are processed in chunks of at most ``chunk`` cells) and keeps
+
+    * ``rule="and"``: :math:`HH_p > \\theta \\wedge TT_p > \\theta` (the post's decision rule);
+    * ``rule="head_only"``: :math:`HH_p > \\theta`;
+    * ``rule="sum"``: :math:`E_0 + E_1 + HH_p + TT_p > \\theta` (Eq. 2 read literally).
+
+    ``special`` lists positions (``[CLS]``, ``[SEP]``) that may not start or end an entity.
+    With ``max_pairs``, more than ``max_pairs`` subject-object candidate pairs raise :class:`TooManyCandidates`.
+    """
+    entity, head, tail = _check_decode_inputs(entity, head, tail, rule)
+    ent, subj, obj = _entity_candidates(entity, threshold, special)
+    n = head.shape[0]
+    if len(subj) == 0 or len(obj) == 0:
+        return set()
+    if max_pairs is not None and len(subj) * len(obj) > max_pairs:
+        raise TooManyCandidates(f"{len(subj)} subjects x {len(obj)} objects exceed max_pairs={max_pairs}")
+    rows = max(1, chunk // max(1, n * len(obj)))
+    out: set[Quintuple] = set()
+    if rule != "sum":
+        # boolean hit tables laid out [L, L, n], so that one gathered cell is n contiguous bytes
+        head_ok = np.ascontiguousarray((head > threshold).transpose(1, 2, 0))
+        tail_ok = np.ascontiguousarray((tail > threshold).transpose(1, 2, 0)) if rule == "and" else None
+        head_any = head_ok.any(-1)  # [L, L]: some predicate links these two heads
+        tail_any = tail_ok.any(-1) if rule == "and" else None
+    for start in range(0, len(subj), rows):
+        s = subj[start:start + rows]
+        if rule == "sum":
+            total = (head[:, s[:, 0, None], obj[None, :, 0]] + tail[:, s[:, 1, None], obj[None, :, 1]]
+                     + ent[0, s[:, 0], s[:, 1]][:, None] + ent[1, obj[:, 0], obj[:, 1]][None, :])
+            p, i, j = np.nonzero(total > threshold)
+        else:
+            pair_ok = head_any[s[:, 0, None], obj[None, :, 0]]  # [s, o] candidate pairs with any head link
+            if rule == "and":
+                pair_ok &= tail_any[s[:, 1, None], obj[None, :, 1]]
+            i, j = np.nonzero(pair_ok)
+            hits = head_ok[s[i, 0], obj[j, 0]]  # [pairs, n]
+            if rule == "and":
+                hits &= tail_ok[s[i, 1], obj[j, 1]]
+            k, p = np.nonzero(hits)
+            i, j = i[k], j[k]
+        si, oj = s[i], obj[j]
+        out.update(zip(si[:, 0].tolist(), si[:, 1].tolist(), p.tolist(), oj[:, 0].tolist(), oj[:, 1].tolist()))
+    return out
+
+
+def decode_relations_loop(entity, head, tail, threshold: float = 0.0, special: Iterable[int] = (),
+                          rule: str = "and") -> set[Quintuple]:
+    """Nested-loop twin of :func:`decode_relations`, written like the public ports (slow, obvious)."""
+    entity, head, tail = _check_decode_inputs(entity, head, tail, rule)
+    ent, _, _ = _entity_candidates(entity, threshold, special)
+    L = ent.shape[-1]
+    subjects, objects = [], []
+    for h in range(L):
+        for t in range(L):
+            if ent[0, h, t] > threshold:
+                subjects.append((h, t))
+            if ent[1, h, t] > threshold:
+                objects.append((h, t))
+    out = set()
+    for sh, st in subjects:
+        for oh, ot in objects:
+            if rule == "sum":
+                total = ent[0, sh, st] + ent[1, oh, ot] + head[:, sh, oh] + tail[:, st, ot]
+                preds = set(np.where(total > threshold)[0])
+            else:
+                p1 = set(np.where(head[:, sh, oh] > threshold)[0])
+                p2 = set(np.where(tail[:, st, ot] > threshold)[0]) if rule == "and" else p1
+                preds = p1 & p2
+            for p in preds:
+                out.add((sh, st, int(p), oh, ot))
+    return out
+
+
+def decode_batch(entity: Tensor, head: Tensor, tail: Tensor, lengths: Sequence[int], threshold: float = 0.0,
+                 rule: str = "and", max_pairs: int | None = None) -> list[set[Quintuple]]:
+    """Decode a padded batch: ``[B, 2, L, L]``, ``[B, n, L, L]``, ``[B, n, L, L]``; ``lengths`` are the
+    true token counts including ``[CLS]`` and ``[SEP]`` (the specials at ``0`` and ``length - 1``)."""
+    if len(lengths) != entity.shape[0]:
+        raise ValueError(f"lengths must have one entry per sample ({entity.shape[0]}), got {len(lengths)}")
+    out = []
+    for b, n_tok in enumerate(lengths):
+        n_tok = int(n_tok)
+        out.append(decode_relations(entity[b, :, :n_tok, :n_tok], head[b, :, :n_tok, :n_tok],
+                                    tail[b, :, :n_tok, :n_tok], threshold, special=(0, n_tok - 1), rule=rule,
+                                    max_pairs=max_pairs))
+    return out
+
+
+# -------------------------------------------------------------------------------------- metrics
+def triple_prf(pred: Sequence[set], gold: Sequence[set]) -> tuple[float, float, float]:
+    """Micro precision, recall and F1 over a corpus (Algorithm C).
+
+    With :math:`X=\\sum|R\\cap T|`, :math:`Y=\\sum|R|`, :math:`Z=\\sum|T|`: P = X/Y, R = X/Z,
+    F1 = 2X/(Y+Z); a ratio with a zero denominator is defined as 0 (no predictions -> P = 0).
+    """
+    if len(pred) != len(gold):
+        raise ValueError(f"pred and gold must have the same length, got {len(pred)} and {len(gold)}")
+    x = y = z = 0
+    for r, t in zip(pred, gold):
+        r, t = set(r), set(t)
+        x, y, z = x + len(r & t), y + len(r), z + len(t)
+    p = x / y if y else 0.0
+    rec = x / z if z else 0.0
+    f1 = 2 * x / (y + z) if y + z else 0.0
+    return p, rec, f1
+
+
+# --------------------------------------------------------------------------------- span mapping
+def _check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    out = []
+    for o in offsets:
+        if len(o) != 2 or o[0] > o[1]:
+            raise ValueError(f"offsets must be (start, end) pairs with start <= end, got {o!r}")
+        out.append((int(o[0]), int(o[1])))
+    return out
+
+
+def char_span_to_tokens(offsets: Sequence[Sequence[int]], start: int, end: int) -> tuple[int, int] | None:
+    """Character span ``[start, end)`` -> inclusive token span ``(h, t)``, or None if not token-aligned.
+
+    ``offsets`` is the tokenizer's ``offset_mapping`` (``[start, end)`` per token; special tokens carry
+    ``(0, 0)`` and are never matched). The span must begin at a token start and finish at a token end.
+    """
+    offsets = _check_offsets(offsets)
+    if not 0 <= start < end:
+        raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+    heads = [i for i, (a, b) in enumerate(offsets) if a == start and b > a]
+    tails = [i for i, (a, b) in enumerate(offsets) if b == end and b > a]
+    if not heads or not tails or tails[-1] < heads[0]:
+        return None
+    h = heads[0]
+    t = next(t for t in tails if t >= h)
+    return h, t
+
+
+def find_token_span(text: str, offsets: Sequence[Sequence[int]], entity: str) -> tuple[int, int] | None:
+    """First token-aligned occurrence of ``entity`` in ``text`` as an inclusive token span, else None.
+
+    Occurrences that cut through a token (e.g. ``"ton"`` inside ``"Washington"``) are skipped. Like the
+    reference scripts this labels only one mention per entity string (pitfall P6 of the spec).
+    """
+    if not isinstance(text, str) or not isinstance(entity, str):
+        raise TypeError("text and entity must be str")
+    if not entity:
+        return None
+    offsets = _check_offsets(offsets)
+    start = text.find(entity)
+    while start >= 0:
+        span = char_span_to_tokens(offsets, start, start + len(entity))
+        if span is not None:
+            return span
+        start = text.find(entity, start + 1)
+    return None
+
+
+def spans_to_text(text: str, offsets: Sequence[Sequence[int]], span: tuple[int, int]) -> str:
+    """Inclusive token span ``(h, t)`` -> the substring ``text[offsets[h][0] : offsets[t][1]]``."""
+    offsets = _check_offsets(offsets)
+    h, t = span
+    if not 0 <= h <= t < len(offsets):
+        raise ValueError(f"span must satisfy 0 <= h <= t < {len(offsets)}, got {span!r}")
+    return text[offsets[h][0]: offsets[t][1]]
+
+
+def normalise(entity: str) -> str:
+    """Whitespace-normalised entity string used to compare predicted and gold triples."""
+    return " ".join(entity.split())
+
+
+# ------------------------------------------------------------------------------------ examples
+@dataclass
+class RelationExample:
+    """One tokenised sentence: ``input_ids [L]``, ``offsets [L]``, token-level gold 5-tuples, string triples."""
+
+    text: str
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]
+    quintuples: set[Quintuple]
+    gold: set[tuple[str, str, str]] = field(default_factory=set)
+    dropped: int = 0  # gold triples that could not be located within maxlen (kept in `gold`)
+
+    def decode_text(self, quintuples: Iterable[Quintuple], predicates: Sequence[str]) -> set[tuple[str, str, str]]:
+        """Token 5-tuples -> ``(subject, predicate, object)`` strings via the offsets."""
+        return {(normalise(spans_to_text(self.text, self.offsets, (sh, st))), predicates[p],
+                 normalise(spans_to_text(self.text, self.offsets, (oh, ot))))
+                for sh, st, p, oh, ot in quintuples}
+
+
+def prepare_examples(sentences: Sequence, tokenizer, predicates: Sequence[str], maxlen: int = 128
+                     ) -> list[RelationExample]:
+    """Tokenise ``RelationSentence``s (``.text``, ``.triples`` of (subject, predicate, object)).
+
+    Each entity is located at its first token-aligned occurrence (truncated to ``maxlen`` tokens incl.
+    ``[CLS]``/``[SEP]``); triples that cannot be located are dropped from the training labels but stay
+    in ``gold`` (they cost recall at evaluation, as in the reference script).
+    """
+    pred_id = {p: i for i, p in enumerate(predicates)}
+    out = []
+    for sent in sentences:
+        enc = tokenizer(sent.text, truncation=True, max_length=maxlen, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        quints, dropped = set(), 0
+        for s, p, o in sent.triples:
+            if p not in pred_id:
+                raise ValueError(f"predicate {p!r} is not in predicates")
+            ss, os_ = find_token_span(sent.text, offsets, s), find_token_span(sent.text, offsets, o)
+            if ss is None or os_ is None:
+                dropped += 1
+                continue
+            quints.add((ss[0], ss[1], pred_id[p], os_[0], os_[1]))
+        gold = {(normalise(s), p, normalise(o)) for s, p, o in sent.triples}
+        out.append(RelationExample(sent.text, list(enc["input_ids"]), offsets, quints, gold, dropped))
+    return out
+
+
+def collate(examples: Sequence[RelationExample], num_predicates: int, pad_id: int = 0,
+            with_labels: bool = True) -> dict:
+    """Batch: ``input_ids [B, L]``, ``attention_mask [B, L]``, ``lengths`` and (``with_labels``) the label
+    cell lists ``entity [B, 2, P, 2]``, ``head``/``tail [B, n, P, 2]`` (padded with -1)."""
+    if not examples:
+        raise ValueError("examples must be non-empty")
+    L = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(examples), L, dtype=torch.long)
+    for b, e in enumerate(examples):
+        ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        mask[b, : len(e.input_ids)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "lengths": [len(e.input_ids) for e in examples]}
+    if with_labels:
+        labels = [encode_quintuples(e.quintuples, num_predicates) for e in examples]
+        batch.update(entity=pad_pairs([lab[0] for lab in labels]), head=pad_pairs([lab[1] for lab in labels]),
+                     tail=pad_pairs([lab[2] for lab in labels]))
+    return batch
+
+
+# ---------------------------------------------------------------------------------------- model
+class GPLinker(nn.Module):
+    """The three GlobalPointer heads of GPLinker on top of an optional encoder.
+
+    forward(inputs, attention_mask ``[B, L]``) -> ``(entity [B, 2, L, L], head [B, n, L, L],
+    tail [B, n, L, L])``. ``inputs`` are token ids ``[B, L]`` when ``encoder`` is given (called as
+    ``encoder(inputs, attention_mask) -> [B, L, D]``), else hidden states ``[B, L, D]``.
+    Entity GP: RoPE on, lower triangle masked; link GPs: RoPE off, no triangle mask (as in the
+    reference code: a subject may follow its object).
+    """
+
+    def __init__(self, hidden_size: int, num_predicates: int, head_size: int = 64, *, efficient: bool = True,
+                 encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_predicates = num_predicates
+        self.entity = GlobalPointer(hidden_size, 2, head_size, rope=True, tril_mask=True, efficient=efficient)
+        self.head = GlobalPointer(hidden_size, num_predicates, head_size, rope=False, tril_mask=False,
+                                  efficient=efficient)
+        self.tail = GlobalPointer(hidden_size, num_predicates, head_size, rope=False, tril_mask=False,
+                                  efficient=efficient)
+
+    def head_parameters(self) -> int:
+        """Number of parameters in the three GlobalPointer heads."""
+        return sum(p.numel() for m in (self.entity, self.head, self.tail) for p in m.parameters())
+
+    def forward(self, inputs: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        hidden = self.encoder(inputs, attention_mask) if self.encoder is not None else inputs
+        return (self.entity(hidden, attention_mask), self.head(hidden, attention_mask),
+                self.tail(hidden, attention_mask))
+
+
+class TinyEncoder(nn.Module):
+    """Small from-scratch encoder: embedding + residual stack of dilated 1-D convolutions (GELU, LayerNorm).
+
+    forward(input_ids ``[B, L]``, attention_mask ``[B, L]``) -> ``[B, L, dim]``. Padding positions are
+    zeroed before every convolution so they never leak into real tokens.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 128, dilations: Sequence[int] = (1, 2, 4, 1, 2, 4),
+                 kernel_size: int = 3, dropout: float = 0.1) -> None:
+        super().__init__()
+        _pos_int(vocab_size, "vocab_size")
+        _pos_int(dim, "dim")
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.position = nn.Embedding(512, dim)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=d * (kernel_size // 2), dilation=d)
+                                   for d in dilations)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in dilations)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if input_ids.shape[1] > self.position.num_embeddings:
+            raise ValueError(f"input_ids longer than {self.position.num_embeddings}, got {input_ids.shape[1]}")
+        keep = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).bool()
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.dropout(self.embed(input_ids) + self.position(pos))
+        for conv, norm in zip(self.convs, self.norms):
+            y = conv(x.masked_fill(~keep, 0.0).transpose(1, 2)).transpose(1, 2)
+            x = norm(x + self.dropout(nn.functional.gelu(y)))
+        return x.masked_fill(~keep, 0.0)
+
+
+# ---------------------------------------------------------------------------------------- losses
+LOSSES = ("sparse", "dense", "bce")
+
+
+def _gp_loss(logits: Tensor, pairs: Tensor, attention_mask: Tensor, tril: bool, loss: str) -> Tensor:
+    b, c, L, _ = logits.shape
+    if loss == "sparse":
+        flat = pairs_to_flat_indices(pairs, L)
+        per = sparse_multilabel_categorical_crossentropy(flat, logits.reshape(b, c, L * L))
+        return per.sum(1).mean()
+    labels = pairs_to_dense(pairs, L).to(logits.dtype)
+    if loss == "dense":
+        return multilabel_categorical_crossentropy(labels.reshape(b, c, L * L), logits.reshape(b, c, L * L)
+                                                   ).sum(1).mean()
+    valid = ~pair_mask(attention_mask, L, tril_mask=tril, device=logits.device)  # [B, 1, L, L]
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (bce * valid).sum() / b
+
+
+def gplinker_loss(outputs: tuple[Tensor, Tensor, Tensor], batch: dict, loss: str = "sparse") -> Tensor:
+    """Entity + head + tail loss (equal weights), each summed over heads and averaged over the batch.
+
+    ``loss``: "sparse" (multi-label CE from cell indices), "dense" (same loss from multi-hot labels
+    ``[B, C, L, L]``) or "bce" (per-cell sigmoid cross-entropy summed over the unmasked cells).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    entity, head, tail = outputs
+    mask = batch["attention_mask"]
+    return (_gp_loss(entity, batch["entity"], mask, True, loss) + _gp_loss(head, batch["head"], mask, False, loss)
+            + _gp_loss(tail, batch["tail"], mask, False, loss))
+
+
+# ------------------------------------------------------------------------ encoders and training
+class TopLayers(nn.Module):
+    """The top Transformer layers of a (pretrained) BERT, run on cached hidden states of the layer below.
+
+    forward(hidden_states ``[B, L, D]``, attention_mask ``[B, L]``) -> ``[B, L, D]``. With the cached output
+    of layer ``k`` and copies of layers ``k+1..N`` this reproduces the full model's ``last_hidden_state``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        x = hidden_states
+        additive = None
+        if attention_mask is not None:
+            keep = attention_mask.to(torch.bool)[:, None, None, :]
+            additive = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep,
+                                                                                          torch.finfo(x.dtype).min)
+        for layer in self.layers:
+            out = layer(x, attention_mask=additive)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
+
+
+class HFEncoder(nn.Module):
+    """Wrap a transformers ``BertModel``: forward(input_ids ``[B, L]``, attention_mask) -> last hidden state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def bucket_batches(examples: Sequence[RelationExample], batch_size: int, rng: np.random.Generator | None = None
+                   ) -> list[np.ndarray]:
+    """Index batches of similar length (less padding: the link logits cost ``n L^2`` per sentence).
+
+    Sorted by length, cut into batches; with ``rng`` the order inside equal lengths and the batch order are
+    shuffled (a new permutation each epoch)."""
+    _pos_int(batch_size, "batch_size")
+    lengths = np.array([len(e.input_ids) for e in examples])
+    order = rng.permutation(len(examples)) if rng is not None else np.arange(len(examples))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def make_batch(examples: Sequence[RelationExample], idx: Sequence[int], num_predicates: int,
+               features: Sequence[Tensor] | None = None, with_labels: bool = True) -> dict:
+    """:func:`collate` the examples ``idx``; with cached ``features`` (``[L_i, D]`` each) add
+    ``inputs = [B, L, D]`` float32 hidden states, else ``inputs = input_ids``."""
+    batch = collate([examples[i] for i in idx], num_predicates, with_labels=with_labels)
+    if features is None:
+        batch["inputs"] = batch["input_ids"]
+        return batch
+    L = batch["input_ids"].shape[1]
+    hidden = torch.zeros(len(idx), L, features[idx[0]].shape[-1])
+    for k, i in enumerate(idx):
+        hidden[k, : features[i].shape[0]] = features[i].float()
+    batch["inputs"] = hidden
+    return batch
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, examples: Sequence[RelationExample], layer: int = -1,
+                     batch_size: int = 64) -> list[Tensor]:
+    """Hidden states of a transformers BERT at ``layer`` (index into ``hidden_states``; -1 = last) for each
+    example, as float16 ``[L_i, D]`` tensors (computed once, then cached by the caller)."""
+    encoder.eval()
+    out: list[Tensor | None] = [None] * len(examples)
+    for idx in bucket_batches(examples, batch_size):
+        batch = collate([examples[i] for i in idx], 1, with_labels=False)
+        hs = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     output_hidden_states=True).hidden_states[layer]
+        for k, i in enumerate(idx):
+            out[i] = hs[k, : len(examples[i].input_ids)].to(torch.float16).clone()
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: GPLinker, examples: Sequence[RelationExample], predicates: Sequence[str],
+             thresholds: Sequence[float] = (0.0,), features: Sequence[Tensor] | None = None,
+             batch_size: int = 64, rule: str = "and", max_pairs: int = 5000) -> dict:
+    """Micro P/R/F1 of string triples at each threshold, plus the predictions at ``thresholds[0]``.
+
+    Returns ``{"prf": {θ: (P, R, F1)}, "pred": [set of (s, p, o)] per example}``. A threshold at which
+    some sentence has more than ``max_pairs`` subject x object candidates is *degenerate* (the model
+    accepts almost every span there); its P/R/F1 are reported as NaN instead of enumerating them."""
+    was_training = model.training
+    model.eval()
+    preds = {t: [set() for _ in examples] for t in thresholds}
+    degenerate = set()
+    for idx in bucket_batches(examples, batch_size):
+        batch = make_batch(examples, idx, len(predicates), features, with_labels=False)
+        outputs = model(batch["inputs"], batch["attention_mask"])
+        for t in thresholds:
+            if t in degenerate:
+                continue
+            try:
+                decoded = decode_batch(*outputs, lengths=batch["lengths"], threshold=t, rule=rule, max_pairs=max_pairs)
+            except TooManyCandidates:
+                degenerate.add(t)
+                continue
+            for k, q in enumerate(decoded):
+                preds[t][idx[k]] = examples[idx[k]].decode_text(q, predicates)
+    model.train(was_training)
+    gold = [e.gold for e in examples]
+    nan = (float("nan"),) * 3
+    return {"prf": {t: nan if t in degenerate else triple_prf(preds[t], gold) for t in thresholds},
+            "pred": preds[thresholds[0]]}
+
+
+def train_gplinker(model: GPLinker, examples: Sequence[RelationExample], num_predicates: int, *, epochs: int,
+                   batch_size: int = 32, lr: float = 1e-3, loss: str = "sparse",
+                   features: Sequence[Tensor] | None = None, seed: int = 0, param_groups: list | None = None,
+                   callback=None) -> dict:
+    """Adam training loop over length-bucketed batches; returns ``{"loss": [...], "seconds": float}``.
+
+    ``callback(epoch)`` (optional) runs after each epoch and its return value is collected in
+    ``"epochs"``."""
+    import time
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=lr)
+    losses, per_epoch, start = [], [], time.perf_counter()
+    model.train()
+    for epoch in range(epochs):
+        for idx in bucket_batches(examples, batch_size, rng):
+            batch = make_batch(examples, idx, num_predicates, features)
+            value = gplinker_loss(model(batch["inputs"], batch["attention_mask"]), batch, loss)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            losses.append(value.item())
+        if callback is not None:
+            per_epoch.append(callback(epoch))
+    return {"loss": losses, "epochs": per_epoch, "seconds": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------------- experiment runner
+def build_model(job: dict) -> GPLinker:
+    """GPLinker for an experiment description (see :func:`run_experiment`)."""
+    torch.manual_seed(job.get("seed", 0))
+    kind = job["encoder"]
+    if kind in ("minilm-top", "minilm-full"):
+        import copy
+
+        from lib import text
+
+        bert = text.load_minilm_encoder()
+        encoder = TopLayers([copy.deepcopy(bert.encoder.layer[-1])]) if kind == "minilm-top" else HFEncoder(bert)
+        hidden = bert.config.hidden_size
+    elif kind == "tiny":
+        encoder, hidden = TinyEncoder(job["vocab_size"], job["dim"]), job["dim"]
+    else:
+        raise ValueError(f"job['encoder'] must be 'minilm-top', 'minilm-full' or 'tiny', got {kind!r}")
+    return GPLinker(hidden, len(job["predicates"]), job.get("head_size", 64), efficient=job.get("efficient", True),
+                    encoder=encoder)
+
+
+def run_experiment(job: dict) -> dict:
+    """Train and evaluate one GPLinker; picklable, so several can run in parallel processes.
+
+    ``job`` keys: ``encoder`` ("minilm-top": cached features + trainable top layer, "minilm-full",
+    "tiny"), ``predicates``, ``train``/``test`` (lists of :class:`RelationExample`), optional
+    ``features_train``/``features_test``, ``efficient``, ``loss``, ``epochs``, ``batch_size``, ``lr``
+    (heads), ``lr_encoder``, ``head_size``, ``dim``/``vocab_size`` (tiny), ``thresholds``, ``seed``,
+    ``keep_state``. Returns losses, seconds, P/R/F1 per threshold, θ=0 predictions, head parameters and
+    (``keep_state``) a float16 state dict."""
+    torch.set_num_threads(1)
+    model = build_model(job)
+    head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    groups = [{"params": model.encoder.parameters(), "lr": job.get("lr_encoder", job["lr"])},
+              {"params": head_params, "lr": job["lr"]}]
+    n = len(job["predicates"])
+    hist = train_gplinker(model, job["train"], n, epochs=job["epochs"], batch_size=job.get("batch_size", 16),
+                          lr=job["lr"], loss=job.get("loss", "sparse"), features=job.get("features_train"),
+                          seed=job.get("seed", 0), param_groups=groups)
+    thresholds = list(job.get("thresholds", (0.0,)))
+    res = evaluate(model, job["test"], job["predicates"], [0.0] + [t for t in thresholds if t != 0.0],
+                   features=job.get("features_test"))
+    out = {"loss": hist["loss"], "seconds": hist["seconds"], "prf": res["prf"], "pred": res["pred"],
+           "head_params": model.head_parameters()}
+    if job.get("keep_state"):
+        out["state"] = {k: v.detach().half() for k, v in model.state_dict().items()}
+    return out
+
+
+def run_experiments(jobs: Sequence[dict], processes: int = 2) -> list[dict]:
+    """Run :func:`run_experiment` for each job, ``processes`` at a time (spawned processes, one torch thread
+    each; ``processes=1`` runs in this process). Results come back in job order."""
+    _pos_int(processes, "processes")
+    if processes == 1 or len(jobs) == 1:
+        return [run_experiment(job) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(run_experiment, jobs))
