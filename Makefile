@@ -52,7 +52,7 @@ test-lib: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(PY) -m lib.build prepare
-	$(BUILD_ENV) $(PY) -m pytest -m notebook -n 2 -q
+	$(BUILD_ENV) $(PY) -m pytest -m notebook -n 2 -q --durations=0
 
 test-browser: $(STAMP) browser book
 	$(PY) -m pytest -m browser -q
