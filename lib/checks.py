@@ -26,11 +26,12 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     return value
 
 
-def check_tensor(name: str, value: Any, ndim: int | None = None, *, floating: bool = False) -> None:
-    """Raise unless `value` is a torch.Tensor (with `ndim` dimensions, floating point if asked)."""
+def check_tensor(name: str, value: Any, ndim: int | None = None, *, floating: bool = False) -> torch.Tensor:
+    """Return `value` if it is a torch.Tensor (with `ndim` dimensions, floating point if asked), else raise."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if floating and not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    return value

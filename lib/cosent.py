@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from lib.checks import check_tensor
+
 __all__ = [
     "METHODS", "pairwise_cos", "cosent_loss", "cosent_loss_dense", "cosent_loss_reference",
     "cosent_loss_from_embeddings", "CoSENTLoss", "naive_cosine_loss", "threshold_cosine_loss",
@@ -50,17 +52,9 @@ METHODS = ("cosent", "sbert", "cosine_mse", "naive_linear", "naive_square", "nai
 # ----------------------------------------------------------------------------------------------
 # input validation
 # ----------------------------------------------------------------------------------------------
-def _check_tensor(name: str, x: Any, ndim: int | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if ndim is not None and x.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
-    return x
-
-
 def _check_scores_labels(scores: Any, labels: Any) -> tuple[Tensor, Tensor]:
-    _check_tensor("scores", scores, 1)
-    _check_tensor("labels", labels)
+    check_tensor("scores", scores, 1)
+    check_tensor("labels", labels)
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating tensor, got dtype {scores.dtype}")
     labels = labels.reshape(-1)
@@ -85,8 +79,8 @@ def pairwise_cos(u: Tensor, v: Tensor, eps: float = 1e-8) -> Tensor:
 
     u, v: ``[B, d]`` -> ``[B]``.
     """
-    _check_tensor("u", u, 2)
-    _check_tensor("v", v, 2)
+    check_tensor("u", u, 2)
+    check_tensor("v", v, 2)
     if u.shape != v.shape:
         raise ValueError(f"u and v must have the same shape, got {tuple(u.shape)} and {tuple(v.shape)}")
     return (u * v).sum(-1) / (u.norm(dim=-1).clamp_min(eps) * v.norm(dim=-1).clamp_min(eps))
@@ -168,7 +162,7 @@ def comparison_mask(labels: Tensor) -> Tensor:
 
     labels: ``[B]`` -> bool ``[B, B]``. Strict: ties (and the diagonal) are never compared.
     """
-    _check_tensor("labels", labels, 1)
+    check_tensor("labels", labels, 1)
     return labels[:, None] < labels[None, :]
 
 
@@ -242,8 +236,8 @@ class CoSENTLoss(nn.Module):
 # baselines: naive cosine losses and the SBERT head
 # ----------------------------------------------------------------------------------------------
 def _check_targets(scores: Tensor, targets: Tensor) -> Tensor:
-    _check_tensor("scores", scores, 1)
-    _check_tensor("targets", targets)
+    check_tensor("scores", scores, 1)
+    check_tensor("targets", targets)
     targets = targets.reshape(-1).to(scores.dtype)
     if targets.shape != scores.shape:
         raise ValueError(f"targets must have one entry per score ({scores.shape[0]}), got {targets.numel()}")
@@ -299,8 +293,8 @@ class SBERTHead(nn.Module):
         return torch.cat((u, v, (u - v).abs()), dim=-1)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
-        _check_tensor("u", u, 2)
-        _check_tensor("v", v, 2)
+        check_tensor("u", u, 2)
+        check_tensor("v", v, 2)
         if u.shape != v.shape or u.shape[1] != self.dim:
             raise ValueError(f"u and v must both be [B, {self.dim}], got {tuple(u.shape)} and {tuple(v.shape)}")
         return self.classifier(self.features(u, v))
@@ -472,8 +466,8 @@ def linear_probe_accuracy(features: Any, labels: Any, seed: int = 0) -> float:
 # ----------------------------------------------------------------------------------------------
 def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Masked mean over tokens: ``sum_t m_t h_t / max(sum_t m_t, 1)``. hidden ``[B, L, H]``, mask ``[B, L]``."""
-    _check_tensor("hidden", hidden, 3)
-    _check_tensor("attention_mask", attention_mask, 2)
+    check_tensor("hidden", hidden, 3)
+    check_tensor("attention_mask", attention_mask, 2)
     if attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"attention_mask must be {tuple(hidden.shape[:2])}, got {tuple(attention_mask.shape)}")
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -507,7 +501,7 @@ class MiniLMEncoder(nn.Module):
         self.dim = int(self.bert.config.hidden_size)
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_tensor("ids", ids, 2)
+        check_tensor("ids", ids, 2)
         ids, mask = _trim(ids, self.pad_id)
         hidden = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return mean_pool(hidden, mask)
@@ -622,7 +616,7 @@ class CharEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_tensor("ids", ids, 2)
+        check_tensor("ids", ids, 2)
         if ids.shape[1] > self.max_len:
             raise ValueError(f"ids must have at most max_len={self.max_len} columns, got {ids.shape[1]}")
         ids, mask = _trim(ids, self.pad_id)
@@ -645,7 +639,7 @@ def compact_vocab(*ids: Tensor, pad_id: int = 0) -> tuple[list[Tensor], int]:
     if not ids:
         raise ValueError("ids: pass at least one tensor")
     for i, x in enumerate(ids):
-        _check_tensor(f"ids[{i}]", x, 2)
+        check_tensor(f"ids[{i}]", x, 2)
     used = torch.unique(torch.cat([x.reshape(-1) for x in ids]))
     used = used[used != pad_id]
     table = torch.zeros(int(max(int(x.max()) for x in ids)) + 1 if used.numel() else 1, dtype=torch.long)
