@@ -91,7 +91,7 @@ def _centre(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _moments(logp: torch.Tensor, gamma: torch.Tensor, centred=None) -> tuple[torch.Tensor, ...]:
     r"""Entropy and cumulants of :math:`\ell` under :math:`\mathrm{softmax}(\gamma\ell)`, shifted for accuracy.
 
-    logp [..., n] (−inf for zeros), gamma [...] ≥ 0 → (H, Var, third central moment), each [...]. Shifting
+    logp [..., n] (−inf for zeros), gamma [...] (any real) → (H, Var, third central moment), each [...]. Shifting
     :math:`\ell` by its maximum keeps :math:`\log Z - \gamma E[\ell]` free of cancellation when
     :math:`\gamma` is large. `centred` = `_centre(logp)` may be passed to skip recomputing it."""
     centred, support = _centre(logp) if centred is None else centred
@@ -179,13 +179,7 @@ def entropy_path(logp: Array, gamma: Array, dim: int = -1) -> tuple[Array, Array
     logp [..., n], gamma scalar or [...] → (H [...], dH/dγ [...]). Valid for any real γ."""
     x, as_numpy = _as_tensor(_move(logp, dim), "logp")
     x, g = _broadcast_rows(x, gamma)
-    support = torch.isfinite(x)
-    scaled = torch.where(support, g[..., None] * torch.where(support, x, 0.0), -math.inf)
-    log_q = scaled - torch.logsumexp(scaled, -1, keepdim=True)
-    q = torch.exp(log_q)
-    ent = -(torch.where(support, q * log_q, 0.0)).sum(-1)
-    mean = (torch.where(support, q * x, 0.0)).sum(-1)
-    var = (torch.where(support, q * (x - mean[..., None]) ** 2, 0.0)).sum(-1)
+    ent, var, _ = _moments(x, g)
     return _out(ent, as_numpy), _out(-g * var, as_numpy)
 
 
