@@ -73,6 +73,16 @@ def _zip_members(base: str, zip_path: str, members: dict[str, str], plain: dict[
     return run
 
 
+def _both(*recipes: Callable[[Dataset, Path], None]) -> Callable[[Dataset, Path], None]:
+    """Recipe: run several recipes in turn (a data set whose files come from more than one source)."""
+
+    def run(dataset: Dataset, target: Path) -> None:
+        for recipe in recipes:
+            recipe(dataset, target)
+
+    return run
+
+
 def restore_rte_split(tables: list[bytes]) -> tuple[bytes, bytes]:
     """Rebuild the official GLUE RTE train/dev files from a re-split that kept GLUE indices.
 
@@ -131,6 +141,8 @@ def _repo(owner_name: str, commit: str) -> tuple[str, str]:
 
 _KGCLUE_URL, _KGCLUE_RAW = _repo("CLUEbenchmark/KgCLUE", "c129972c6b5baf982d3685bfa6d1b0a36399db35")
 _DUEE_URL, _DUEE_RAW = _repo("qiufengyuyi/event_extraction", "03a48d394c25626d3d78456c8939cc6df7264ce3")
+# The official DuEE 1.0 train split is not in the repository above; a second pinned source keeps it as a zip.
+_DUEE_TRAIN_URL, _DUEE_TRAIN_RAW = _repo("sixone-Jiang/Picgo", "61bff8cada4f605ddf83dac3f5e1b091de587879")
 _DUIE_URL, _DUIE_RAW = _repo("JunnYu/GPLinker_pytorch", "e00545b319f74354c965eef3c81ef13f776bd232")
 _RTE_URL, _RTE_RAW = _repo("footprinthere/AttAttr-Cutoff", "2ac92f2fdee447af8e66689945003deff461b106")
 _SCN_URL, _SCN_RAW = _repo("shawroad/CoSENT_Pytorch", "ddb08479cc8d9a472b131cfd4160ddd86f905c22")
@@ -160,12 +172,15 @@ REGISTRY: dict[str, Dataset] = {
             {"dev.jsonl": "0d5b5f8dc3602e5f9a7487f331e45549",
              "event_schema.jsonl": "3cdb8c23af2341bd45159a9bd696d74c",
              "sample_data.jsonl": "53756d9d77a4921a63aa7bd2ea8e6797",
-             "test1.jsonl": "017896c1203793ca6695c434eb7bf9ad"},
-            _DUEE_URL, "Baidu LIC2020 participant agreement: non-commercial research or teaching only; "
+             "test1.jsonl": "017896c1203793ca6695c434eb7bf9ad",
+             "train.jsonl": "d0d1b9ec3312c4cc8fde801e1e16e83e"},
+            f"{_DUEE_URL} (train.jsonl: {_DUEE_TRAIN_URL}, duee_train.json.zip)", "Baidu LIC2020 participant agreement: non-commercial research or teaching only; "
             "no redistribution",
             "Li et al., DuEE: A Large-Scale Dataset for Chinese Event Extraction in Real-World Scenarios, NLPCC 2020.",
-            _copy_files(_DUEE_RAW, {f: f"data/{f.replace('.jsonl', '.json')}" for f in
-                                    ("dev.jsonl", "event_schema.jsonl", "sample_data.jsonl", "test1.jsonl")}),
+            _both(_copy_files(_DUEE_RAW, {f: f"data/{f.replace('.jsonl', '.json')}" for f in
+                                          ("dev.jsonl", "event_schema.jsonl", "sample_data.jsonl", "test1.jsonl")}),
+                  _zip_members(_DUEE_TRAIN_RAW, "duee_train.json.zip",
+                               {"train.jsonl": "duee_train.json/duee_train.json"}, {})),
         ),
         Dataset(
             "duie-lic2019-sample",
@@ -429,9 +444,11 @@ def load_duie_schema() -> list[dict]:
 
 
 def load_duee(split: str) -> list[EventSentence]:
-    """DuEE 1.0 labelled sentences: `split` sample (500) or dev (1,498); offsets are character offsets."""
-    _check_split(split, ("sample", "dev"))
-    file = path("duee1.0", "sample_data.jsonl" if split == "sample" else "dev.jsonl")
+    """DuEE 1.0 labelled sentences: `split` train (11,908, the official train split), dev (1,498) or sample
+    (500); offsets are character offsets. 334 sample sentences are also in train: never train on train and
+    score on sample."""
+    _check_split(split, ("train", "dev", "sample"))
+    file = path("duee1.0", {"sample": "sample_data.jsonl", "dev": "dev.jsonl", "train": "train.jsonl"}[split])
     sentences = []
     for it in _read_jsonl(file):
         events = [Event(e["event_type"], e["trigger"], int(e["trigger_start_index"]),

@@ -17,6 +17,9 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FULL: bool = os.environ.get("FULL", "0") not in ("", "0", "false", "False")
+# BOOK_SMOKE=1: every training loop that goes through `lib.train.fit` stops after a few steps (same code,
+# shapes and configs). With FULL=1 it checks that the paper-scale code paths still run, in minutes.
+SMOKE: bool = os.environ.get("BOOK_SMOKE", "0") not in ("", "0", "false", "False")
 
 
 def pick(fast: T, full: T) -> T:
@@ -42,6 +45,21 @@ def set_threads(num_threads: int = 1) -> None:
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
     torch.set_num_threads(num_threads)
+
+
+def device() -> torch.device:
+    """Where models train: ``$BOOK_DEVICE`` if set (e.g. ``cuda``, ``cpu``), else CUDA when FULL=1 and a GPU
+    is available, else the CPU. FAST runs stay on the CPU unless asked, so the book's numbers reproduce."""
+    requested = os.environ.get("BOOK_DEVICE", "").strip()
+    if requested:
+        try:
+            chosen = torch.device(requested)
+        except RuntimeError as error:
+            raise ValueError(f"BOOK_DEVICE must name a torch device (cpu, cuda, cuda:0), got {requested!r}") from error
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"BOOK_DEVICE={requested!r} but torch sees no CUDA device")
+        return chosen
+    return torch.device("cuda") if FULL and torch.cuda.is_available() else torch.device("cpu")
 
 
 def cache_dir() -> Path:

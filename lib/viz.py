@@ -25,7 +25,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 MAX_COMBINATIONS = 200
-VERDICT_COLOURS = {"reproduced": "#d8f0d8", "partly": "#fbeec2", "not": "#f6d3d3", "n/a": "#eeeeee"}
+VERDICT_COLOURS = {"reproduced": "#d8f0d8", "partly": "#fbeec2", "not reproduced": "#f6d3d3",
+                   "inconclusive": "#e4e4f4", "mechanism only": "#eeeeee"}
+RESULTS_DIR_NAME = "results"  # _build/results/<chapter>.json, read by the scoreboard
 
 
 def in_book_build() -> bool:
@@ -231,20 +233,67 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def post_vs_book(rows: Sequence[Mapping[str, Any]]):
-    """The chapter's closing table. Each row: claim, post, book (computed in the run), verdict, note.
+def results_dir():
+    """Where chapters write their results files: ``$BOOK_RESULTS_DIR``, else ``<repo>/_build/results``."""
+    from pathlib import Path
 
-    `verdict` is one of reproduced / partly / not / n/a (colour-coded)."""
+    from lib.utils import REPO_ROOT
+
+    return Path(os.environ.get("BOOK_RESULTS_DIR") or REPO_ROOT / "_build" / RESULTS_DIR_NAME)
+
+
+def _jsonable(value: Any) -> Any:
+    import math
+
+    import numpy as np
+
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def post_vs_book(rows: Sequence[Mapping[str, Any]], *, chapter: str | None = None,
+                 metrics: Mapping[str, Any] | None = None):
+    """The chapter's closing table. Each row: ``claim``, ``post``, ``book`` (computed in the run),
+    ``verdict`` (one of :data:`lib.verdicts.VERDICTS`, colour-coded), ``test`` (how it was decided, e.g.
+    "paired t over 5 seeds", "exact identity") and ``note``.
+
+    With ``chapter`` (the notebook's stem, e.g. ``"07_gplinker_relations"``) the rows and the chapter's
+    headline ``metrics`` (stable names -> numbers) are also written to ``results_dir()/<chapter>.json``
+    for the scoreboard, and the metrics are printed as ``name = value`` lines."""
+    from lib.verdicts import VERDICTS
+
     required = ("claim", "post", "book", "verdict")
-    frame_rows = []
+    frame_rows, records = [], []
     for i, row in enumerate(rows):
         missing = [k for k in required if k not in row]
         if missing:
-            raise ValueError(f"rows[{i}] must have keys {required} (+ optional note), missing {missing}")
-        if row["verdict"] not in VERDICT_COLOURS:
-            raise ValueError(f"rows[{i}]['verdict'] must be one of {tuple(VERDICT_COLOURS)}, got {row['verdict']!r}")
-        frame_rows.append({"claim": row["claim"], "post": _fmt(row["post"]), "this book": _fmt(row["book"]),
-                           "verdict": row["verdict"], "note": row.get("note", "")})
+            raise ValueError(f"rows[{i}] must have keys {required} (+ optional test, note), missing {missing}")
+        if row["verdict"] not in VERDICTS:
+            raise ValueError(f"rows[{i}]['verdict'] must be one of {VERDICTS}, got {row['verdict']!r}")
+        record = {"claim": str(row["claim"]), "post": _fmt(row["post"]), "book": _fmt(row["book"]),
+                  "verdict": row["verdict"], "test": str(row.get("test", "")), "note": str(row.get("note", ""))}
+        records.append(record)
+        frame_rows.append({"claim": record["claim"], "post": record["post"], "this book": record["book"],
+                           "verdict": record["verdict"], "test": record["test"], "note": record["note"]})
+    if chapter is not None:
+        if not isinstance(chapter, str) or not chapter.replace("_", "").isalnum():
+            raise ValueError(f"chapter must be the notebook's stem like '07_gplinker_relations', got {chapter!r}")
+        metrics = dict(metrics or {})
+        for name in metrics:
+            if not isinstance(name, str) or not name.replace("_", "").isalnum():
+                raise ValueError(f"metrics: names must be identifiers like 'webnlg_test_f1', got {name!r}")
+        folder = results_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {"chapter": chapter, "rows": records, "metrics": {k: _jsonable(v) for k, v in metrics.items()}}
+        (folder / f"{chapter}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+        for name, value in metrics.items():
+            print(f"{name} = {_fmt(value)}")
     frame = pd.DataFrame(frame_rows)
     return (frame.style.hide(axis="index")
             .map(lambda v: f"background-color: {VERDICT_COLOURS[v]}", subset=["verdict"])

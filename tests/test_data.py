@@ -30,12 +30,16 @@ def test_loaders_return_the_documented_counts():
     assert len(duie) == 2000 and sum(len(s.triples) for s in duie) == 4299
     dev = data.load_duee("dev")
     assert len(dev) == 1498 and sum(len(s.events) for s in dev) == 1790
+    train = data.load_duee("train")
+    assert len(train) == 11908 and sum(len(s.events) for s in train) == 13860
+    assert sum(len(e.arguments) for s in train for e in s.events) == 28905
+    assert not {s.id for s in train} & {s.id for s in dev}
     schema = data.load_duee_schema()
     assert len(schema) == 65 and sum(len(r) for r in schema.values()) == 217
 
 
 def test_duee_offsets_point_at_their_strings():
-    for sentence in data.load_duee("sample"):
+    for sentence in data.load_duee("sample") + data.load_duee("train"):
         for event in sentence.events:
             assert sentence.text[event.trigger_start:event.trigger_start + len(event.trigger)] == event.trigger
             for arg in event.arguments:
@@ -108,3 +112,19 @@ def test_rte_split_restoration_is_exact():
     parts = [rows[0::3], rows[1::3], rows[2::3]]  # a scrambled re-split, as in the source repository
     tables = [("\n".join([header] + part) + "\n").encode() for part in parts]
     assert data.restore_rte_split(tables) == (train, dev)
+
+
+def test_duee_recipe_combines_both_sources(tmp_path, monkeypatch):
+    """dev/sample/schema/test1 are plain copies; train.jsonl is a member of a zip from a second source."""
+    import io
+    import zipfile
+
+    files = {f: data.path("duee1.0", f).read_bytes() for f in data.REGISTRY["duee1.0"].files}
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("duee_train.json/duee_train.json", files["train.jsonl"])
+    url_map = {f"data/{f.replace('.jsonl', '.json')}": b for f, b in files.items() if f != "train.jsonl"}
+    url_map["duee_train.json.zip"] = archive.getvalue()
+    mirror(monkeypatch, tmp_path, url_map)
+    folder = data.download("duee1.0", tmp_path)
+    assert {f: (folder / f).read_bytes() for f in files} == files

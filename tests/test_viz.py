@@ -65,3 +65,19 @@ def test_post_vs_book_table():
         viz.post_vs_book([{"claim": "c", "post": 1, "book": 2, "verdict": "maybe"}])
     with pytest.raises(ValueError, match="missing"):
         viz.post_vs_book([{"claim": "c"}])
+    with pytest.raises(ValueError, match="verdict"):
+        viz.post_vs_book([{"claim": "c", "post": 1, "book": 2, "verdict": "not"}])
+
+
+def test_post_vs_book_writes_the_results_file(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path))
+    rows = [{"claim": "c", "post": 1.0, "book": 0.5, "verdict": "partly", "test": "paired t, 5 seeds", "note": ""}]
+    viz.post_vs_book(rows, chapter="99_demo", metrics={"demo_f1": 0.25, "demo_nan": float("nan")})
+    saved = json.loads((tmp_path / "99_demo.json").read_text())
+    assert saved["rows"][0]["verdict"] == "partly" and saved["rows"][0]["test"] == "paired t, 5 seeds"
+    assert saved["metrics"] == {"demo_f1": 0.25, "demo_nan": None}
+    assert "demo_f1 = 0.25" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="metrics"):
+        viz.post_vs_book(rows, chapter="99_demo", metrics={"bad name": 1})
