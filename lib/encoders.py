@@ -510,3 +510,47 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     m = attention_mask.to(work).unsqueeze(-1)
     pooled = (hidden.to(work) * m).sum(1) / m.sum(1).clamp_min(1.0)
     return pooled.to(hidden.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# the from-scratch baseline
+# ----------------------------------------------------------------------------------------------
+class ScratchCharEncoder(nn.Module):
+    """A small character encoder trained from scratch: the baseline every pretrained encoder is compared with.
+
+    ``input_ids [B, L]``, ``attention_mask [B, L]`` -> ``hidden [B, L, H]``: token + learned position
+    embeddings, then residual Pre-LN blocks of dilated 1-D convolutions
+    :math:`x \\leftarrow x + \\mathrm{Drop}(\\mathrm{GELU}(\\mathrm{Conv}_{k,\\delta}(\\mathrm{LN}(x))))`
+    (dilations ``dilations``: receptive field ``1 + (k-1) sum(dilations)``), a final LayerNorm; padding
+    positions are zeroed before every convolution and in the output, so they never leak into real tokens."""
+
+    def __init__(self, vocab_size: int, hidden_size: int = 128, dilations: Sequence[int] = (1, 2, 4, 1, 2, 4),
+                 kernel_size: int = 3, dropout: float = 0.1, max_length: int = 512, pad_id: int = 0) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
+        if not dilations or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
+            raise ValueError(f"dilations must be a non-empty sequence of positive ints, got {dilations!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        self.vocab_size, self.hidden_size, self.max_length = vocab_size, hidden_size, max_length
+        self.embed = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_id)
+        self.position = nn.Embedding(max_length, hidden_size)
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in dilations)
+        self.convs = nn.ModuleList(nn.Conv1d(hidden_size, hidden_size, kernel_size, dilation=d,
+                                             padding=d * (kernel_size // 2)) for d in dilations)
+        self.drop = nn.Dropout(dropout)
+        self.out_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        input_ids, attention_mask = _check_ids_mask(input_ids, attention_mask, self.vocab_size, self.max_length)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.drop(self.embed(input_ids) + self.position(positions)[None])
+        keep = attention_mask[..., None].to(x.dtype)
+        for norm, conv in zip(self.norms, self.convs):
+            y = conv((norm(x) * keep).transpose(1, 2)).transpose(1, 2)
+            x = x + self.drop(nn.functional.gelu(y))
+        return self.out_norm(x) * keep

@@ -220,3 +220,19 @@ def test_length_batches_group_similar_lengths():
         length_batches(lengths)
     with pytest.raises(ValueError, match="batch_size"):
         length_batches(lengths, batch_size=0)
+
+
+def test_scratch_encoder_ignores_padding_and_validates():
+    torch.manual_seed(0)
+    model = enc.ScratchCharEncoder(50, 16, (1, 2), dropout=0.0).eval()
+    ids = torch.tensor([[3, 4, 5, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    other = torch.tensor([[3, 4, 5, 9, 7]])  # different tokens in the padded positions
+    with torch.no_grad():
+        a, b = model(ids, mask), model(other, mask)
+        short = model(ids[:, :3], mask[:, :3])
+    assert torch.allclose(a, b) and torch.allclose(a[:, :3], short, atol=1e-6) and a[0, 3:].abs().max() == 0
+    with pytest.raises(ValueError, match="input_ids must lie"):
+        model(torch.tensor([[50]]))
+    with pytest.raises(ValueError, match="kernel_size"):
+        enc.ScratchCharEncoder(50, 16, kernel_size=2)
