@@ -265,7 +265,10 @@ def _dataset(name: str) -> Dataset:
 
 
 @lru_cache(maxsize=None)
-def _verified(path: Path, mtime_ns: int, size: int, expected: str) -> bool:
+def _verified(path: Path, stamp: tuple[int, int, int, int], expected: str) -> bool:
+    """md5 check, done once per process per file state. `stamp` is (inode, size, mtime_ns, ctime_ns): a file
+    rewritten in place changes its ctime even when its size and mtime are restored (``touch -d`` cannot set
+    ctime), and a replaced file changes its inode, so either is verified again."""
     return md5_of(path) == expected
 
 
@@ -281,7 +284,7 @@ def path(dataset: str, filename: str) -> Path:
         candidate = folder / dataset / filename
         if candidate.is_file():
             stat = candidate.stat()
-            if _verified(candidate, stat.st_mtime_ns, stat.st_size, expected):
+            if _verified(candidate, (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns), expected):
                 return candidate
             bad.append(str(candidate))
     searched = ", ".join(str(folder / dataset / filename) for folder in search_dirs())
@@ -359,57 +362,129 @@ def _check_split(split: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"split must be one of {allowed}, got {split!r}")
 
 
-def _read_tsv(file: Path) -> list[list[str]]:
-    with open(file, encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+class DataFormatError(ValueError):
+    """A data file's contents cannot be parsed (possible only when its checksum was bypassed or changed)."""
 
 
-def _read_jsonl(file: Path) -> list[dict]:
-    with open(file, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _where(file: Path) -> str:
+    return f"{file.parent.name}/{file.name} ({file})"
+
+
+def _read_text(file: Path) -> str:
+    """The file decoded as UTF-8; a decoding error names the file and line."""
+    payload = file.read_bytes()
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = payload[:error.start].count(b"\n") + 1
+        raise DataFormatError(f"{_where(file)} line {line}: not valid UTF-8 ({error.reason} at byte "
+                              f"{error.start}); re-download it with `make data`") from error
+
+
+def _read_tsv(file: Path) -> list[tuple[str, list[str]]]:
+    """(line number, fields) for every row of a tab-separated file."""
+    reader = csv.reader(io.StringIO(_read_text(file), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    return [(f"line {reader.line_num}", row) for row in reader]
+
+
+def _read_jsonl(file: Path) -> list[tuple[str, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file."""
+    items = []
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if line.strip():
+            try:
+                items.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{_where(file)} line {number}: invalid JSON ({error.msg} at column "
+                                      f"{error.colno})") from error
+    return items
+
+
+def _read_json(file: Path) -> object:
+    """The one JSON document of a file."""
+    try:
+        return json.loads(_read_text(file))
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{_where(file)} line {error.lineno}: invalid JSON ({error.msg} at column "
+                              f"{error.colno})") from error
+
+
+def _parse(file: Path, items: list[tuple[str, object]], build: Callable[[object], object]) -> list:
+    """`build(item)` for every (place, item), place like "line 12" or "item 5"; a missing field, short row or
+    bad value raises `DataFormatError` naming the data set, file and place."""
+    records = []
+    for place, item in items:
+        try:
+            records.append(build(item))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
+            raise DataFormatError(f"{_where(file)} {place}: cannot read {type(error).__name__}: {error} "
+                                  f"(from {str(item)[:120]!r}); re-download it with `make data`") from error
+    return records
+
+
+def _fields(row: list[str], count: int) -> list[str]:
+    if len(row) != count:
+        raise IndexError(f"expected {count} tab-separated columns, got {len(row)}")
+    return row
 
 
 # ---------------------------------------------------------------------------------------- loaders
 def load_stsb_en(split: str) -> list[ScoredPair]:
     """English STS Benchmark: `split` in train (5,749) / dev (1,500) / test (1,379); score in [0, 5]."""
     _check_split(split, ("train", "dev", "test"))
-    rows = _read_tsv(path("stsb-en", "stsbenchmark.tsv"))
-    header = rows[0]
+    file = path("stsb-en", "stsbenchmark.tsv")
+    rows = _read_tsv(file)
+    header = rows[0][1]
+    missing = [n for n in ("split", "score", "sentence1", "sentence2") if n not in header]
+    if missing:
+        raise DataFormatError(f"{_where(file)} line 1: header lacks columns {missing}, got {header}")
     col = {name: header.index(name) for name in ("split", "score", "sentence1", "sentence2")}
-    return [ScoredPair(r[col["sentence1"]], r[col["sentence2"]], float(r[col["score"]]))
-            for r in rows[1:] if r[col["split"]] == split]
+    parsed = _parse(file, rows[1:], lambda r: (_fields(r, len(header))[col["split"]], ScoredPair(
+        r[col["sentence1"]], r[col["sentence2"]], float(r[col["score"]]))))
+    return [pair for part, pair in parsed if part == split]
 
 
 def load_senteval_cn(task: str, split: str) -> list[ScoredPair]:
     """Chinese sentence pairs (ATEC, BQ, LCQMC, PAWSX: labels 0/1; STS-B: integer scores 0–5).
 
-    Only STS-B has a `train` split here; the other four have `valid` and `test`."""
+    Only STS-B has a `train` split here; the other four have `valid` and `test`. Every row must have three
+    columns (sentence1, sentence2, score): a short or long row raises `DataFormatError`, never skipped."""
     if task not in _SCN_TASKS:
         raise ValueError(f"task must be one of {tuple(_SCN_TASKS)}, got {task!r}")
     _check_split(split, _SCN_TASKS[task])
-    rows = _read_tsv(path("senteval-cn", f"{task}.{split}.tsv"))
-    return [ScoredPair(r[0], r[1], float(r[2])) for r in rows if len(r) == 3]
+    file = path("senteval-cn", f"{task}.{split}.tsv")
+    return _parse(file, _read_tsv(file), lambda r: ScoredPair(*_fields(r, 3)[:2], float(r[2])))
 
 
 def load_glue_rte(split: str) -> list[LabeledPair]:
     """GLUE RTE, official split: train (2,490) / dev (277); label 1 = entailment, 0 = not_entailment."""
     _check_split(split, ("train", "dev"))
-    rows = _read_tsv(path("glue-rte", f"{split}.tsv"))
+    file = path("glue-rte", f"{split}.tsv")
     labels = {"entailment": 1, "not_entailment": 0}
-    return [LabeledPair(r[1], r[2], labels[r[3]]) for r in rows[1:]]
+    return _parse(file, _read_tsv(file)[1:], lambda r: LabeledPair(_fields(r, 4)[1], r[2], labels[r[3]]))
+
+
+def _kg_question(item: dict) -> KgQuestion:
+    parts = [part.strip() for part in item["answer"].split("|||")]
+    if len(parts) != 3:
+        raise ValueError(f"answer must be 'subject ||| relation ||| object', got {item['answer']!r}")
+    return KgQuestion(int(item["id"]), item["question"], *parts)
 
 
 def load_kgclue(split: str) -> list[KgQuestion]:
     """KgCLUE question–answer pairs; the answer 'S ||| P ||| O' is split into subject, relation, object."""
     _check_split(split, ("train", "dev", "test_public"))
-    records = []
-    for item in _read_jsonl(path("kgclue", f"{split}.json")):
-        subject, relation, obj = (part.strip() for part in item["answer"].split("|||"))
-        records.append(KgQuestion(int(item["id"]), item["question"], subject, relation, obj))
-    return records
+    file = path("kgclue", f"{split}.json")
+    return _parse(file, _read_jsonl(file), _kg_question)
 
 
 _WEBNLG_VARIANTS = {"exact": "WebNLG", "star": "WebNLG-star"}
+
+
+def _triple(values: list) -> Triple:
+    if len(values) != 3:
+        raise ValueError(f"a triple must have 3 parts, got {values!r}")
+    return Triple(*values)
 
 
 def load_webnlg(split: str, variant: str = "exact") -> list[RelationSentence]:
@@ -418,29 +493,43 @@ def load_webnlg(split: str, variant: str = "exact") -> list[RelationSentence]:
     if variant not in _WEBNLG_VARIANTS:
         raise ValueError(f"variant must be one of {tuple(_WEBNLG_VARIANTS)}, got {variant!r}")
     file = path("webnlg-casrel", f"{_WEBNLG_VARIANTS[variant]}/{split}_triples.json")
-    items = json.loads(file.read_text(encoding="utf-8"))
-    return [RelationSentence(it["text"], [Triple(*t) for t in it["triple_list"]]) for it in items]
+    items = _read_json(file)
+    numbered = [(f"item {i}", it) for i, it in enumerate(items)] if isinstance(items, list) else [("item 0", items)]
+    return _parse(file, numbered, lambda it: RelationSentence(it["text"], [_triple(t) for t in it["triple_list"]]))
 
 
 def load_webnlg_relations(variant: str = "exact") -> list[str]:
     """Relation names of WebNLG, in id order."""
     if variant not in _WEBNLG_VARIANTS:
         raise ValueError(f"variant must be one of {tuple(_WEBNLG_VARIANTS)}, got {variant!r}")
-    table = json.loads(path("webnlg-casrel", f"{_WEBNLG_VARIANTS[variant]}/rel2id.json").read_text("utf-8"))
-    rel2id = table[-1]  # exact: [{rel: id}], star: [{id: rel}, {rel: id}]
-    return [rel for rel, _ in sorted(rel2id.items(), key=lambda kv: int(kv[1]))]
+    file = path("webnlg-casrel", f"{_WEBNLG_VARIANTS[variant]}/rel2id.json")
+    table = _read_json(file)
+
+    def names(table: list) -> list[str]:
+        rel2id = table[-1]  # exact: [{rel: id}], star: [{id: rel}, {rel: id}]
+        return [rel for rel, _ in sorted(rel2id.items(), key=lambda kv: int(kv[1]))]
+
+    return _parse(file, [("table", table)], names)[0]
 
 
 def load_duie(split: str) -> list[RelationSentence]:
     """DuIE 1.0 sample: train (2,000 sentences) / dev (200); triples (subject, predicate, object)."""
     _check_split(split, ("train", "dev"))
-    return [RelationSentence(it["text"], [Triple(s["subject"], s["predicate"], s["object"]) for s in it["spo_list"]])
-            for it in _read_jsonl(path("duie-lic2019-sample", f"{split}_data.jsonl"))]
+    file = path("duie-lic2019-sample", f"{split}_data.jsonl")
+    return _parse(file, _read_jsonl(file), lambda it: RelationSentence(
+        it["text"], [Triple(s["subject"], s["predicate"], s["object"]) for s in it["spo_list"]]))
 
 
 def load_duie_schema() -> list[dict]:
     """The 50 DuIE predicates with subject and object types."""
-    return _read_jsonl(path("duie-lic2019-sample", "all_50_schemas.jsonl"))
+    return [item for _, item in _read_jsonl(path("duie-lic2019-sample", "all_50_schemas.jsonl"))]
+
+
+def _event_sentence(it: dict) -> EventSentence:
+    events = [Event(e["event_type"], e["trigger"], int(e["trigger_start_index"]),
+                    [Argument(a["role"], a["argument"], int(a["argument_start_index"])) for a in e["arguments"]])
+              for e in it.get("event_list", [])]
+    return EventSentence(it["id"], it["text"], events)
 
 
 def load_duee(split: str) -> list[EventSentence]:
@@ -449,19 +538,14 @@ def load_duee(split: str) -> list[EventSentence]:
     score on sample."""
     _check_split(split, ("train", "dev", "sample"))
     file = path("duee1.0", {"sample": "sample_data.jsonl", "dev": "dev.jsonl", "train": "train.jsonl"}[split])
-    sentences = []
-    for it in _read_jsonl(file):
-        events = [Event(e["event_type"], e["trigger"], int(e["trigger_start_index"]),
-                        [Argument(a["role"], a["argument"], int(a["argument_start_index"])) for a in e["arguments"]])
-                  for e in it.get("event_list", [])]
-        sentences.append(EventSentence(it["id"], it["text"], events))
-    return sentences
+    return _parse(file, _read_jsonl(file), _event_sentence)
 
 
 def load_duee_schema() -> dict[str, list[str]]:
     """DuEE event types (65) -> their roles (217 in total)."""
-    return {it["event_type"]: [r["role"] for r in it["role_list"]]
-            for it in _read_jsonl(path("duee1.0", "event_schema.jsonl"))}
+    file = path("duee1.0", "event_schema.jsonl")
+    pairs = _parse(file, _read_jsonl(file), lambda it: (it["event_type"], [r["role"] for r in it["role_list"]]))
+    return dict(pairs)
 
 
 def main(argv: list[str] | None = None) -> None:

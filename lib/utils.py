@@ -63,14 +63,59 @@ def device() -> torch.device:
 
 
 def cache_dir() -> Path:
-    """Where `cached` stores results: $BOOK_CACHE_DIR, else <repo>/.cache."""
-    return Path(os.environ.get("BOOK_CACHE_DIR", REPO_ROOT / ".cache"))
+    """Where `cached` stores results: $BOOK_CACHE_DIR if set and non-empty, else <repo>/.cache.
+
+    An empty or blank BOOK_CACHE_DIR (``BOOK_CACHE_DIR= make ...``) means "not set": it never makes the cache
+    write into the current directory. A relative path is taken relative to the current directory."""
+    value = os.environ.get("BOOK_CACHE_DIR", "").strip()
+    return Path(value).expanduser() if value else REPO_ROOT / ".cache"
 
 
 def _source_of(obj: Any) -> str:
     if isinstance(obj, (ModuleType, type)) or callable(obj):
         return inspect.getsource(obj)
     raise TypeError(f"code entries must be modules, classes or functions, got {type(obj).__name__}")
+
+
+def _unstable_repr(value: Any) -> bool:
+    """True for values whose repr changes between runs or hides what they compute (functions, lambdas,
+    methods, partials, objects printed with a memory address)."""
+    import functools
+
+    return (inspect.isroutine(value) or isinstance(value, functools.partial) or inspect.isclass(value)
+            or " at 0x" in repr(value))
+
+
+def _find_unstable(value: Any, where: str) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _find_unstable(item, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _find_unstable(item, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return None
+    return f"{where} = {value!r} ({type(value).__name__})" if _unstable_repr(value) else None
+
+
+def config_json(config: dict) -> str:
+    """Canonical JSON of a config (sorted keys; values that JSON lacks, e.g. dataclasses or tuples' items,
+    written with their repr). Raises TypeError naming the key when a value's repr is not stable across runs
+    (a function, lambda, class or an object shown with its memory address): such a key would never match."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    unstable = _find_unstable(config, "config")
+    if unstable:
+        raise TypeError(f"config values must have a stable repr (numbers, strings, lists, dicts, dataclasses); "
+                        f"{unstable} changes between runs: put the function's name or its parameters in the "
+                        "config instead, and pass the function in `code`")
+    return json.dumps(config, sort_keys=True, default=repr)
 
 
 def cache_key(name: str, config: dict, code: Iterable[Any] = ()) -> str:
@@ -81,7 +126,7 @@ def cache_key(name: str, config: dict, code: Iterable[Any] = ()) -> str:
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     digest = hashlib.sha256()
     digest.update(name.encode())
-    digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
+    digest.update(config_json(config).encode())
     for obj in code:
         digest.update(_source_of(obj).encode())
     return digest.hexdigest()[:16]

@@ -10,3 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "BOOK_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
     os.environ["BOOK_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "live: drives JupyterLab (started from the venv) in headless Chromium")
