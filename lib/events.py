@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lib.encoders import pad_features
 from lib.globalpointer import GlobalPointer, globalpointer_loss, rope
+from lib.train import length_batches
 
 TRIGGER_ROLE = "触发词"
 STRATEGIES = ("clique", "type", "trigger", "component")
@@ -78,12 +80,27 @@ def scored_events(sentence: Any, trigger_role: str = TRIGGER_ROLE) -> list[froze
 
     The trigger is included as the argument with role ``trigger_role`` (the unified-argument view).
     """
+    text = getattr(sentence, "text", None)
+    if not isinstance(text, str):
+        raise TypeError(f"sentence: expected an EventSentence with a str .text, got {type(sentence).__name__}")
     events = []
     for ev in _events_of(sentence):
-        args = {(ev.event_type, trigger_role, ev.trigger, int(ev.trigger_start))}
-        args.update((ev.event_type, a.role, a.text, int(a.start)) for a in ev.arguments)
+        args = {_checked_argument(text, ev.event_type, trigger_role, ev.trigger, ev.trigger_start)}
+        args.update(_checked_argument(text, ev.event_type, a.role, a.text, a.start) for a in ev.arguments)
         events.append(frozenset(args))
     return events
+
+
+def _checked_argument(text: str, event_type: str, role: str, arg_text: str, start: Any) -> tuple[str, str, str, int]:
+    """``(type, role, text, start)`` after checking that ``text[start:start + len(arg_text)] == arg_text``."""
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)):
+        raise TypeError(f"sentence: argument {arg_text!r} ({event_type}/{role}) has start {start!r}, expected an int")
+    start = int(start)
+    if not arg_text or start < 0 or text[start:start + len(arg_text)] != arg_text:
+        raise ValueError(f"sentence: argument {arg_text!r} ({event_type}/{role}) does not occur at start={start} "
+                         f"of {text!r} (found {text[max(start, 0):max(start, 0) + len(arg_text)]!r}); "
+                         "check the offsets of the record")
+    return event_type, role, arg_text, start
 
 
 def char_events(sentence: Any, trigger_role: str = TRIGGER_ROLE) -> list[frozenset]:
@@ -99,18 +116,25 @@ def align_events(events: Iterable[frozenset], offsets: Sequence[tuple[int, int]]
     ``offsets[i] = (char_start, char_end_exclusive)`` of token ``i``; special tokens have
     ``(0, 0)`` and are never matched. A node whose first character is not the start of a token or
     whose last character is not the end of a token (sub-word split, truncation) is dropped, as in
-    the reference code (pitfall P13). Returns ``(token_events, n_dropped_nodes)``; events left
+    the reference code. Returns ``(token_events, n_dropped_nodes)``; events left
     empty are removed.
     """
     starts, ends = {}, {}
-    for i, (s, e) in enumerate(offsets):
+    for i, pair in enumerate(offsets):
+        if len(pair) != 2 or int(pair[1]) < int(pair[0]) or int(pair[0]) < 0:
+            raise ValueError(f"offsets[{i}]: expected (char_start, char_end) with 0 <= start <= end, got {pair!r}")
+        s, e = pair
         if e > s:
             starts.setdefault(int(s), i)
             ends[int(e)] = i
     out, dropped = [], 0
     for ev in events:
         nodes = set()
-        for ty, role, s, t in ev:
+        for node in ev:
+            if len(node) != 4:
+                raise ValueError(f"events: expected character-span nodes (type, role, start, end), got {node!r}")
+            ty, role, s, t = node
+            _check_span(s, t)
             h, tt = starts.get(int(s)), ends.get(int(t) + 1)
             if h is None or tt is None or tt < h:
                 dropped += 1
@@ -127,11 +151,21 @@ def to_scored(events: Iterable[Iterable[Node]], text: str,
 
     With ``offsets=None`` the spans are character spans (``text[h : t + 1]``).
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__}")
+    limit = len(text) if offsets is None else len(offsets)
     out = []
     for ev in events:
         args = set()
         for ty, role, h, t in ev:
-            s, e = (h, t + 1) if offsets is None else (offsets[h][0], offsets[t][1])
+            _check_span(h, t)
+            if t >= limit:
+                what = "characters" if offsets is None else "tokens (offsets)"
+                raise ValueError(f"events: span ({h}, {t}) of {ty}/{role} ends beyond the {limit} {what} of the text")
+            s, e = (h, t + 1) if offsets is None else (int(offsets[h][0]), int(offsets[t][1]))
+            if e > len(text) or e <= s:
+                raise ValueError(f"offsets: span ({h}, {t}) of {ty}/{role} maps to characters [{s}, {e}), "
+                                 f"outside the {len(text)}-character text or empty")
             args.add((ty, role, text[s:e], int(s)))
         out.append(frozenset(args))
     return out
@@ -213,13 +247,16 @@ def predict_arguments(argu_logits: np.ndarray, labels: Sequence[tuple[str, str]]
     """Eq. (2): every cell :math:`A_\\lambda(i, j) > \\theta_a` with ``i <= j`` is a node.
 
     ``argu_logits [C, L, L]``; ``valid [L]`` bool marks the positions allowed as span ends
-    (``False`` for ``[CLS]``, ``[SEP]`` and padding - pitfall P12). Returns sorted nodes.
+    (``False`` for ``[CLS]``, ``[SEP]`` and padding). Returns sorted nodes.
     """
     argu_logits = np.asarray(argu_logits)
     if argu_logits.ndim != 3 or argu_logits.shape[1] != argu_logits.shape[2]:
         raise ValueError(f"argu_logits: expected shape [C, L, L], got {argu_logits.shape}")
+    _check_labels(labels)
     if argu_logits.shape[0] != len(labels):
         raise ValueError(f"labels: expected {argu_logits.shape[0]} labels (C), got {len(labels)}")
+    _check_threshold("predict_arguments", "threshold", threshold)
+    _check_finite_scores("predict_arguments", "argu_logits", argu_logits)
     L = argu_logits.shape[1]
     keep = np.triu(np.ones((L, L), dtype=bool))
     if valid is not None:
@@ -242,6 +279,9 @@ def link_adjacency(head_logits: np.ndarray, tail_logits: np.ndarray,
     head, tail = np.asarray(head_logits), np.asarray(tail_logits)
     if head.ndim != 2 or head.shape[0] != head.shape[1] or head.shape != tail.shape:
         raise ValueError(f"head_logits/tail_logits: expected two [L, L] arrays, got {head.shape} and {tail.shape}")
+    _check_threshold("link_adjacency", "threshold", threshold)
+    _check_finite_scores("link_adjacency", "head_logits", head)
+    _check_finite_scores("link_adjacency", "tail_logits", tail)
     hh, tt = head > threshold, tail > threshold
 
     def adjacent(a: Node, b: Node) -> bool:
@@ -252,8 +292,15 @@ def link_adjacency(head_logits: np.ndarray, tail_logits: np.ndarray,
 
 
 def edge_adjacency(edges: Iterable[tuple[Hashable, Hashable]]) -> Adjacency:
-    """A symmetric adjacency predicate from a list of undirected edges ``(u, v)``."""
-    es = {frozenset(e) for e in edges}
+    """A symmetric adjacency predicate from a list of undirected edges ``(u, v)`` (pairs of distinct nodes)."""
+    es = set()
+    for e in edges:
+        if isinstance(e, (str, bytes)) or not isinstance(e, Iterable):
+            raise ValueError(f"edges: expected pairs (u, v), got {e!r}")
+        e = tuple(e)
+        if len(e) != 2 or e[0] == e[1]:
+            raise ValueError(f"edges: expected pairs (u, v) of two distinct nodes, got {e!r}")
+        es.add(frozenset(e))
     return lambda u, v: frozenset((u, v)) in es
 
 
@@ -263,28 +310,47 @@ class SearchStats:
 
     calls: int = 0
     generated: int = 0
+    max_calls: int | None = None
+
+
+class SearchBudgetExceeded(RuntimeError):
+    """The post's recursion made more calls than its budget allows (its worst case is exponential)."""
+
+
+MAX_CALLS = 100_000
 
 
 def clique_search(nodes: Iterable[Hashable], adjacent: Adjacency,
-                  stats: SearchStats | None = None) -> list[tuple]:
+                  stats: SearchStats | None = None, max_calls: int | None = MAX_CALLS) -> list[tuple]:
     """Algorithm 1 of the post: the maximal cliques of the graph on ``nodes``.
 
     If every pair of ``V`` is adjacent, ``V`` is a clique. Otherwise, for **every** non-adjacent
     pair ``(u, v)`` form the closed neighbourhoods :math:`N_V[u]` and :math:`N_V[v]` *inside* ``V``
     and recurse on each (duplicates removed at every level). Each call is on a strictly smaller set
     (:math:`v \\notin N_V[u]`), so it terminates; the output is every maximal clique, each as a sorted
-    tuple, in sorted order (independent of the order of ``nodes``). Worst case exponential.
+    tuple, in sorted order (independent of the order of ``nodes``). Worst case exponential: after
+    ``max_calls`` recursive calls (``None``: no limit) it raises :class:`SearchBudgetExceeded`; the
+    16-node Moon-Moser graph needs millions (``maximal_cliques``, i.e. ``search="networkx"``, is fast).
     """
     _check_adjacent(adjacent)
+    if max_calls is not None and (isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1):
+        raise ValueError(f"max_calls: expected a positive int or None, got {max_calls!r}")
     V = tuple(sorted(set(nodes)))
     if not V:
         return []
     stats = stats if stats is not None else SearchStats()
+    stats.max_calls = max_calls
     return sorted(_search(V, adjacent, stats))
 
 
 def _search(V: tuple, adjacent: Adjacency, stats: SearchStats) -> list[tuple]:
+    """One level of Algorithm 1 on the node set ``V``: a clique, or recurse on both closed
+    neighbourhoods of every non-adjacent pair, results deduplicated."""
     stats.calls += 1
+    if stats.max_calls is not None and stats.calls > stats.max_calls:
+        raise SearchBudgetExceeded(f"clique_search: more than max_calls={stats.max_calls} recursive calls on a "
+                                   f"graph of {len(V)}+ nodes (the recursion is exponential in the worst case); "
+                                   "use search='networkx' (maximal_cliques) or raise max_calls")
     candidates: dict[tuple, None] = {}
     for i, u in enumerate(V):
         for v in V[i + 1:]:
@@ -374,6 +440,10 @@ def decode_events(argu_logits: np.ndarray, head_logits: np.ndarray, tail_logits:
     ``require_trigger`` events without a trigger node are dropped (prediction mode). Returns a
     sorted list of distinct events (frozensets of nodes).
     """
+    _check_threshold("decode_events", "threshold_arg", threshold_arg)
+    _check_threshold("decode_events", "threshold_link", threshold_link)
+    for name, x in (("argu_logits", argu_logits), ("head_logits", head_logits), ("tail_logits", tail_logits)):
+        _check_finite_scores("decode_events", name, x)
     nodes = predict_arguments(argu_logits, labels, threshold_arg, valid)
     adjacent = link_adjacency(head_logits, tail_logits, threshold_link)
     events = group_arguments(nodes, adjacent, strategy, trigger_role, search)
@@ -626,6 +696,26 @@ def _check_span(h: int, t: int) -> None:
         raise ValueError(f"events: expected spans with 0 <= h <= t, got ({h!r}, {t!r})")
 
 
+def _check_labels(labels: Any) -> None:
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels: expected a list of (event_type, role) tuples, got {type(labels).__name__}")
+    for lab in labels:
+        if not (isinstance(lab, tuple) and len(lab) == 2 and all(isinstance(x, str) for x in lab)):
+            raise TypeError(f"labels: expected (event_type, role) tuples as build_labels returns them, got {lab!r}")
+
+
+def _check_threshold(fn: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or np.isnan(value):
+        raise ValueError(f"{fn}: {name} must be a number (not NaN), got {value!r}; a NaN threshold usually "
+                         "comes from tuning on the scores of a diverged model")
+
+
+def _check_finite_scores(fn: str, name: str, values: np.ndarray) -> None:
+    if np.isnan(np.asarray(values, dtype=float)).any():
+        raise ValueError(f"{fn}: {name} contains NaN - the scores of a diverged model? Check the training "
+                         "loss and the inputs before decoding")
+
+
 def _check_adjacent(adjacent: Any) -> None:
     if not callable(adjacent):
         raise TypeError(f"adjacent: expected a callable (u, v) -> bool, got {type(adjacent).__name__}")
@@ -669,7 +759,7 @@ def encode_sentences(sentences: Sequence[Any], tokenizer: Any,
     """Tokenize DuEE sentences (``[CLS] ... [SEP]``, truncated to ``max_length``) and build targets.
 
     Gold events for scoring stay the full character-level ones (nothing dropped), so alignment and
-    truncation losses (pitfalls P8, P13) count against the model, as they should.
+    truncation losses count against the model, as they should.
     """
     if not isinstance(max_length, int) or max_length < 3:
         raise ValueError(f"max_length: expected an int >= 3, got {max_length!r}")
@@ -684,55 +774,6 @@ def encode_sentences(sentences: Sequence[Any], tokenizer: Any,
     return out
 
 
-def compact_vocabulary(items: Sequence[EncodedSentence], specials: Sequence[int] = (0, 100, 101, 102),
-                       ) -> dict[int, int]:
-    """Tokenizer id -> compact id for every id occurring in ``items`` plus ``specials``.
-
-    ``specials`` (bert-base-chinese: ``[PAD]``=0, ``[UNK]``=100, ``[CLS]``=101, ``[SEP]``=102) come first,
-    so ``[PAD]`` keeps id 0. A from-scratch model never learns embeddings for characters it does not see,
-    so a 21k-row table only costs optimizer time (a quarter of a training step here).
-    """
-    if len(set(specials)) != len(specials):
-        raise ValueError(f"specials: expected distinct ids, got {specials!r}")
-    vocab = {int(t): i for i, t in enumerate(specials)}
-    for it in items:
-        for t in it.input_ids:
-            vocab.setdefault(int(t), len(vocab))
-    return vocab
-
-
-def remap_ids(items: Sequence[EncodedSentence], vocab: Mapping[int, int], unk_id: int = 100,
-              ) -> list[EncodedSentence]:
-    """Copies of ``items`` with ``input_ids`` mapped through ``vocab``; unknown ids go to ``vocab[unk_id]``."""
-    if unk_id not in vocab:
-        raise ValueError(f"unk_id: {unk_id} is not in vocab")
-    unk = vocab[unk_id]
-    return [replace(it, input_ids=[vocab.get(int(t), unk) for t in it.input_ids]) for it in items]
-
-
-def length_batches(lengths: Sequence[int], max_cells: int = 32 * 64 * 64, max_batch: int = 32,
-                   shuffle: bool = True, seed: int = 0) -> list[list[int]]:
-    """Group indices into batches of similar length with ``B * L^2 <= max_cells`` (and ``B <= max_batch``).
-
-    The argument logits are ``[B, C, L, L]``, so the cell budget bounds memory and time per step.
-    With ``shuffle`` the order inside length buckets and the order of batches are seeded.
-    """
-    rng = np.random.default_rng(seed)
-    order = np.argsort(np.asarray(lengths) + (rng.random(len(lengths)) if shuffle else 0), kind="stable")
-    batches, current = [], []
-    for i in order:
-        L = max([lengths[j] for j in current] + [lengths[i]])
-        if current and ((len(current) + 1) * L * L > max_cells or len(current) >= max_batch):
-            batches.append(current)
-            current = []
-        current.append(int(i))
-    if current:
-        batches.append(current)
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
-
-
 def _pairs_tensor(groups: list[list[list[tuple[int, int]]]]) -> Tensor:
     """Nested ``[B][C][cells]`` lists of ``(i, j)`` -> ``[B, C, P, 2]`` padded with ``-1``."""
     P = max(1, max((len(cells) for per_b in groups for cells in per_b), default=1))
@@ -744,12 +785,21 @@ def _pairs_tensor(groups: list[list[list[tuple[int, int]]]]) -> Tensor:
     return out
 
 
-def collate(items: Sequence[EncodedSentence], num_labels: int) -> dict[str, Tensor]:
-    """Pad a batch: ``input_ids``/``attention_mask`` ``[B, L]``, ``argu_pairs`` ``[B, C, P, 2]``,
-    ``head_pairs``/``tail_pairs`` ``[B, 1, P, 2]`` (padding ``-1``, the format of
-    :func:`lib.globalpointer.globalpointer_loss`)."""
+def collate(items: Sequence[EncodedSentence], num_labels: int,
+            features: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
+    """Pad a batch: ``inputs`` - token ids ``[B, L]``, or with ``features`` (one ``[L_i, D]`` tensor per
+    item, e.g. cached frozen hidden states of ``lib.encoders``) the padded ``[B, L, D]`` features -,
+    ``attention_mask [B, L]``, ``argu_pairs [B, C, P, 2]``, ``head_pairs``/``tail_pairs`` ``[B, 1, P, 2]``
+    (padding ``-1``, the format of :func:`lib.globalpointer.globalpointer_loss`)."""
     if not items:
         raise ValueError("items: expected a non-empty batch")
+    if features is not None:
+        if len(features) != len(items):
+            raise ValueError(f"features: expected one tensor per item ({len(items)}), got {len(features)}")
+        for it, f in zip(items, features):
+            if f.shape[0] != len(it.input_ids):
+                raise ValueError(f"features: a [{f.shape[0]}, D] tensor for a sentence of {len(it.input_ids)} "
+                                 "tokens; were they computed from these items' input_ids?")
     L = max(len(it.input_ids) for it in items)
     ids = torch.zeros(len(items), L, dtype=torch.long)
     mask = torch.zeros(len(items), L, dtype=torch.long)
@@ -761,44 +811,18 @@ def collate(items: Sequence[EncodedSentence], num_labels: int) -> dict[str, Tens
         for c, h, t in it.targets.arguments:
             per_label[c].append((h, t))
         argu.append(per_label)
-    return {"input_ids": ids, "attention_mask": mask, "argu_pairs": _pairs_tensor(argu),
+    inputs = ids if features is None else pad_features(features)[0]
+    return {"inputs": inputs, "attention_mask": mask, "argu_pairs": _pairs_tensor(argu),
             "head_pairs": _pairs_tensor([[sorted(it.targets.head_links)] for it in items]),
             "tail_pairs": _pairs_tensor([[sorted(it.targets.tail_links)] for it in items])}
 
 
-class CharConvEncoder(nn.Module):
-    """A small from-scratch character encoder: embeddings + residual dilated convolutions.
-
-    ``input_ids [B, L]``, ``attention_mask [B, L]`` -> ``hidden [B, L, H]``. Each block is
-    :math:`x \\leftarrow x + \\mathrm{Drop}(\\mathrm{GELU}(\\mathrm{Conv}_{k, \\delta}(\\mathrm{LN}(x))))`
-    with dilations ``dilations``; padding positions are zeroed before every convolution.
-    """
-
-    def __init__(self, vocab_size: int, hidden_size: int = 128, dilations: Sequence[int] = (1, 2, 4, 1, 2, 4),
-                 kernel_size: int = 3, dropout: float = 0.1, max_length: int = 512) -> None:
-        super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size: expected an odd int, got {kernel_size}")
-        self.embed = nn.Embedding(vocab_size, hidden_size, padding_idx=0)
-        self.position = nn.Embedding(max_length, hidden_size)
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in dilations)
-        self.convs = nn.ModuleList(nn.Conv1d(hidden_size, hidden_size, kernel_size, dilation=d,
-                                             padding=d * (kernel_size // 2)) for d in dilations)
-        self.drop = nn.Dropout(dropout)
-        self.out_norm = nn.LayerNorm(hidden_size)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.drop(self.embed(input_ids) + self.position(positions)[None])
-        keep = attention_mask[..., None].to(x.dtype)
-        for norm, conv in zip(self.norms, self.convs):
-            y = conv((norm(x) * keep).transpose(1, 2)).transpose(1, 2)
-            x = x + self.drop(nn.functional.gelu(y))
-        return self.out_norm(x) * keep
-
-
 class GPLinkerEE(nn.Module):
     """GPLinker for events: an encoder and three GlobalPointers (the post's model, §3 Eqs. 2-3).
+
+    ``encoder(inputs, attention_mask) -> [B, L, hidden_size]``: a character encoder on token ids
+    ``[B, L]`` (``lib.encoders.ScratchCharEncoder``, a full ``PretrainedEncoder``) or a trainable top on
+    cached features ``[B, L, D]`` (``PretrainedEncoder.top(k)``).
 
     * arguments: ``num_labels`` heads, RoPE on, lower triangle masked -> ``[B, C, L, L]``;
     * head-head and tail-tail links: one head each, RoPE **off**, lower triangle masked (diagonal
@@ -814,10 +838,59 @@ class GPLinkerEE(nn.Module):
         self.head = GlobalPointer(hidden_size, 1, head_size, rope=False, tril_mask=True, efficient=efficient)
         self.tail = GlobalPointer(hidden_size, 1, head_size, rope=False, tril_mask=True, efficient=efficient)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hidden = self.encoder(input_ids, attention_mask)
+    def encode(self, inputs: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's output ``[B, L, H]`` with padding positions zeroed."""
+        hidden = self.encoder(inputs, attention_mask)
+        return hidden * attention_mask[..., None].to(hidden.dtype)
+
+    def forward(self, inputs: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        hidden = self.encode(inputs, attention_mask)
         return (self.argu(hidden, attention_mask), self.head(hidden, attention_mask),
                 self.tail(hidden, attention_mask))
+
+
+def _log1p_sum_exp(*parts: Tensor) -> Tensor:
+    """:math:`\\log(1 + \\sum e^{x})` over the last axis of the concatenated ``parts``.
+
+    A zero is prepended, so the result is finite (and its gradient defined) even when every entry is
+    ``-inf`` - an all-padding row, or a class without positives."""
+    first = parts[0]
+    return torch.logsumexp(torch.cat([first.new_zeros(*first.shape[:-1], 1), *parts], dim=-1), dim=-1)
+
+
+def _unique_cells(flat: Tensor, empty: int) -> Tensor:
+    """Sort the last axis and replace repeats by ``empty`` (which sorts last): ``[..., K] -> [..., K]``."""
+    flat = flat.sort(dim=-1).values
+    if flat.shape[-1] > 1:
+        repeat = torch.zeros_like(flat, dtype=torch.bool)
+        repeat[..., 1:] = flat[..., 1:] == flat[..., :-1]
+        flat = flat.masked_fill(repeat, empty).sort(dim=-1).values
+    return flat
+
+
+def _check_pairs(pairs: Any, B: int, C: int, valid: Tensor) -> Tensor:
+    """``pairs [B, C, P, 2]``: integer cells ``(i, j)`` inside the sentence with ``i <= j``, or ``(-1, -1)``."""
+    if not isinstance(pairs, Tensor):
+        raise TypeError(f"pairs: expected a torch.Tensor [B, C, P, 2], got {type(pairs).__name__}")
+    if pairs.dim() != 4 or tuple(pairs.shape[:2]) != (B, C) or pairs.shape[-1] != 2:
+        raise ValueError(f"pairs: expected shape [{B}, {C}, P, 2], got {tuple(pairs.shape)}")
+    if pairs.is_floating_point() or pairs.dtype == torch.bool:
+        raise TypeError(f"pairs: expected an integer tensor, got dtype {pairs.dtype}")
+    pairs = pairs.long()
+    pad = (pairs == -1).all(-1)
+    L = valid.shape[-1]
+    inside = ((pairs >= 0) & (pairs < L)).all(-1)
+    if (~pad & ~inside).any():
+        raise ValueError(f"pairs: cells must lie in [0, {L}) or be (-1, -1) padding, got values in "
+                         f"[{int(pairs.min())}, {int(pairs.max())}]")
+    i, j = pairs[..., 0].clamp(0, L - 1), pairs[..., 1].clamp(0, L - 1)
+    b = torch.arange(B, device=pairs.device)[:, None, None]
+    bad = ~pad & ~valid[b, i, j]
+    if bad.any():
+        b0, c0, p0 = (int(x[0]) for x in torch.nonzero(bad, as_tuple=True))
+        raise ValueError(f"pairs: gold cell {tuple(pairs[b0, c0, p0].tolist())} of batch row {b0}, class {c0} "
+                         "is masked (lower triangle i > j, or a padding position): the model can never score it")
+    return pairs
 
 
 def efficient_gp_loss(gp: GlobalPointer, hidden: Tensor, attention_mask: Tensor, pairs: Tensor) -> Tensor:
@@ -825,54 +898,83 @@ def efficient_gp_loss(gp: GlobalPointer, hidden: Tensor, attention_mask: Tensor,
     computed without materialising the ``[B, C, L, L]`` logits.
 
     The Efficient GP score is :math:`s_\\alpha(i, j) = S_{ij} + r_{i\\alpha} + c_{j\\alpha}` (a shared
-    ``[L, L]`` term plus per-class row and column terms), so the sum over all valid cells
-    (:math:`M_{ij}`: both positions real and :math:`i \\le j`) factorises into a matrix product,
+    ``[L, L]`` term plus per-class row and column terms), so a sum over cells factorises into a matrix
+    product, :math:`\\sum_{ij} W_{ij} e^{s_\\alpha(i,j)} = \\sum_i e^{r_{i\\alpha}}
+    [(W \\circ e^{S}) e^{c_{\\cdot\\alpha}}]_i`. The loss per class is
 
-    .. math:: \\sum_{ij} M_{ij} e^{s_\\alpha(i,j)} = \\sum_i e^{r_{i\\alpha}}
-              \\Big[(M \\circ e^{S}) e^{c_{\\cdot\\alpha}}\\Big]_i ,
+    .. math:: \\log\\Big(1 + \\sum_{\\mathcal N_\\alpha} e^{s_\\alpha}\\Big)
+              + \\log\\Big(1 + \\sum_{\\mathcal P_\\alpha} e^{-s_\\alpha}\\Big),
 
-    computed in float64 with max-shifts. The negative term is
-    :math:`\\log(1 + \\sum_{\\rm all} e^s - \\sum_{\\mathcal P} e^s)` and the positive term
-    :math:`\\log(1 + \\sum_{\\mathcal P} e^{-s})`; summed over classes, averaged over the batch.
-    Cost :math:`O(B L^2 C)` multiply-adds in one GEMM instead of ~10 elementwise passes over
-    ``[B, C, L, L]``. ``hidden [B, L, D]``, ``attention_mask [B, L]``, ``pairs [B, C, P, 2]`` (pad -1).
+    and the negative sum is formed directly, never as "all minus positives" (which cancels once a
+    positive dominates): ``U`` is the union over classes of the sentence's positive cells (a few
+    dozen). The GEMM sums every valid cell outside ``U`` (:math:`W = M \\circ (1 - U)`, with
+    :math:`M_{ij}`: both positions real and :math:`i \\le j`); the cells of ``U`` that are negatives
+    *of class* :math:`\\alpha` are gathered and added. Float64 inside with max-shifts; a batch row
+    that is all padding contributes 0. Summed over classes, averaged over the batch (the reduction of
+    ``lib.globalpointer.globalpointer_loss``). ``hidden [B, L, D]``, ``attention_mask [B, L]``,
+    ``pairs [B, C, P, 2]`` (padding ``-1``); returns a scalar in ``hidden``'s dtype (float32 for half).
     """
     if not (isinstance(gp, GlobalPointer) and gp.efficient and gp.tril_mask):
         raise ValueError("gp: expected an efficient GlobalPointer with tril_mask=True")
+    if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
+        raise ValueError(f"hidden: expected a float tensor [B, L, D], got "
+                         f"{tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__}")
     B, L, _ = hidden.shape
     C = gp.num_heads
-    if pairs.dim() != 4 or tuple(pairs.shape[:2]) != (B, C) or pairs.shape[-1] != 2:
-        raise ValueError(f"pairs: expected shape [{B}, {C}, P, 2], got {tuple(pairs.shape)}")
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, L):
+        raise ValueError(f"attention_mask: expected shape [{B}, {L}], got "
+                         f"{tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else attention_mask!r}")
+    keep = attention_mask.bool()                               # [B, L]
+    triu = torch.ones(L, L, dtype=torch.bool, device=hidden.device).triu()
+    valid = keep[:, :, None] & keep[:, None, :] & triu         # [B, L, L]
+    pairs = _check_pairs(pairs, B, C, valid)
+    work = torch.float64
     u = gp.p_dense(hidden)                                     # [B, L, 2d]
     q, k = u[..., ::2], u[..., 1::2]
     if gp.rope:
         q, k = rope(q), rope(k)
-    S = (torch.einsum("bmd,bnd->bmn", q, k) / gp.head_size ** 0.5).double()  # [B, L, L]
-    c = (gp.q_dense(u) / 2).double()                           # [B, L, 2C]
+    S = (torch.einsum("bmd,bnd->bmn", q, k) / gp.head_size ** 0.5).to(work)  # [B, L, L]
+    c = (gp.q_dense(u) / 2).to(work)                           # [B, L, 2C]
     col, row = c[..., 0::2], c[..., 1::2]                      # [B, L, C]: s(i,j) = S_ij + row_i + col_j
-    keep = attention_mask.bool()
-    valid = keep[:, :, None] & keep[:, None, :] & torch.ones(L, L, dtype=torch.bool, device=S.device).triu()
-    neg_inf = torch.tensor(float("-inf"), dtype=S.dtype, device=S.device)
-    S_m = torch.where(valid, S, neg_inf)
-    mS = S_m.amax(dim=(1, 2), keepdim=True)                    # [B, 1, 1]
-    E = torch.exp(S_m - mS)                                    # [B, L, L], 0 on masked cells
-    row_m = torch.where(keep[..., None], row, neg_inf)
-    col_m = torch.where(keep[..., None], col, neg_inf)
-    mr, mc = row_m.amax(1, keepdim=True), col_m.amax(1, keepdim=True)   # [B, 1, C]
-    total = (torch.exp(row_m - mr) * (E @ torch.exp(col_m - mc))).sum(1)  # [B, C]
-    log_all = torch.log(total.clamp_min(1e-300)) + mS[:, :, 0] + mr[:, 0] + mc[:, 0]
+    neg_inf = float("-inf")
+    # positive cells as flat indices i * L + j, per class and their union per sentence (pad: L * L)
+    none = L * L
     is_pos = pairs[..., 0] >= 0                                # [B, C, P]
-    i, j = pairs[..., 0].clamp_min(0), pairs[..., 1].clamp_min(0)
-    b_idx = torch.arange(B, device=S.device)[:, None, None]
-    a_idx = torch.arange(C, device=S.device)[None, :, None]
-    s_pos = S[b_idx, i, j] + row[b_idx, i, a_idx] + col[b_idx, j, a_idx]   # [B, C, P]
-    log_pos = torch.logsumexp(torch.where(is_pos, s_pos, neg_inf), dim=-1)  # [B, C]
-    ratio = torch.exp(log_pos - log_all).clamp(max=1 - 1e-12)
-    log_neg = log_all + torch.log1p(-ratio)
-    neg_term = torch.logaddexp(log_neg, torch.zeros_like(log_neg))
-    pos_lse = torch.logsumexp(torch.where(is_pos, -s_pos, neg_inf), dim=-1)
-    pos_term = torch.logaddexp(pos_lse, torch.zeros_like(pos_lse))
-    return (neg_term + pos_term).sum(1).mean().to(hidden.dtype)
+    flat = torch.where(is_pos, pairs[..., 0] * L + pairs[..., 1], torch.full_like(pairs[..., 0], none))
+    flat = _unique_cells(flat, none)                           # [B, C, P], repeats -> none
+    union = _unique_cells(flat.reshape(B, -1), none)           # [B, C * P]
+    width = max(1, int((union < none).sum(-1).max()))
+    union = union[:, :width]                                   # [B, K]
+    in_union = torch.zeros(B, none + 1, dtype=torch.bool, device=hidden.device)
+    in_union.scatter_(1, union, True)
+    # 1) every valid cell outside the union, all classes at once (one GEMM per sentence)
+    rest = valid & ~in_union[:, :none].view(B, L, L)
+    S_rest = S.masked_fill(~rest, neg_inf)
+    mS = S_rest.detach().amax(dim=(1, 2), keepdim=True)
+    mS = torch.where(torch.isfinite(mS), mS, torch.zeros_like(mS))          # [B, 1, 1]
+    row_m, col_m = row.masked_fill(~keep[..., None], neg_inf), col.masked_fill(~keep[..., None], neg_inf)
+    mr, mc = row_m.detach().amax(1, keepdim=True), col_m.detach().amax(1, keepdim=True)  # [B, 1, C]
+    mr = torch.where(torch.isfinite(mr), mr, torch.zeros_like(mr))
+    mc = torch.where(torch.isfinite(mc), mc, torch.zeros_like(mc))
+    total = (torch.exp(row_m - mr) * (torch.exp(S_rest - mS) @ torch.exp(col_m - mc))).sum(1)  # [B, C]
+    tiny = torch.finfo(work).tiny
+    log_rest = torch.where(total > 0, torch.log(total.clamp_min(tiny)) + mS[:, :, 0] + mr[:, 0] + mc[:, 0],
+                           torch.full_like(total, neg_inf))    # [B, C]
+    # 2) the union's cells that are negatives of class a
+    b_idx = torch.arange(B, device=hidden.device)
+    ui, uj = union.clamp(max=none - 1) // L, union.clamp(max=none - 1) % L       # [B, K]
+    s_union = (S[b_idx[:, None], ui, uj][:, None, :] + row[b_idx[:, None], ui].transpose(1, 2)
+               + col[b_idx[:, None], uj].transpose(1, 2))      # [B, C, K]
+    positive_here = (union[:, None, :, None] == flat[:, :, None, :]).any(-1)    # [B, C, K]
+    s_union = s_union.masked_fill(positive_here | (union >= none)[:, None, :], neg_inf)
+    neg_term = _log1p_sum_exp(log_rest[..., None], s_union)    # [B, C]
+    # positive term from the gathered positive scores
+    pi, pj = flat.clamp(max=none - 1) // L, flat.clamp(max=none - 1) % L       # [B, C, P]
+    a_idx = torch.arange(C, device=hidden.device)[None, :, None]
+    s_pos = S[b_idx[:, None, None], pi, pj] + row[b_idx[:, None, None], pi, a_idx] + col[b_idx[:, None, None], pj, a_idx]
+    pos_term = _log1p_sum_exp(torch.where(flat < none, -s_pos, torch.full_like(s_pos, neg_inf)))
+    out_dtype = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+    return (neg_term + pos_term).sum(1).mean().to(out_dtype)
 
 
 def gplinker_loss(model: "GPLinkerEE", batch: Mapping[str, Tensor]) -> Tensor:
@@ -881,8 +983,8 @@ def gplinker_loss(model: "GPLinkerEE", batch: Mapping[str, Tensor]) -> Tensor:
     The argument GP uses :func:`efficient_gp_loss` when it is an Efficient GP (same value as
     ``lib.globalpointer.globalpointer_loss`` on its logits, tested), else the dense logits.
     """
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    hidden = model.encoder(ids, mask)
+    mask = batch["attention_mask"]
+    hidden = model.encode(batch["inputs"], mask)
     if model.argu.efficient:
         loss = efficient_gp_loss(model.argu, hidden, mask, batch["argu_pairs"])
     else:
@@ -902,17 +1004,24 @@ class SentenceScores:
 
 
 @torch.no_grad()
-def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], max_cells: int = 16 * 64 * 64,
-                   floor: float = -4.0) -> list[SentenceScores]:
+def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features: Sequence[Tensor] | None = None,
+                   max_cells: int = 16 * 64 * 64, floor: float = -4.0) -> list[SentenceScores]:
     """Run the model in eval mode; per sentence keep argument cells with score > ``floor``.
 
-    ``[CLS]``/``[SEP]`` rows and columns are excluded (pitfall P12), padding is cropped.
+    ``features``: one ``[L_i, D]`` tensor per item when the model's encoder reads cached features.
+    Rows and columns of ``[CLS]``/``[SEP]`` are excluded (they are never a span), padding is cropped.
     """
+    if features is not None and len(features) != len(items):
+        raise ValueError(f"features: expected one tensor per item ({len(items)}), got {len(features)}")
     model.eval()
+    device = next(model.parameters()).device
     out: list[SentenceScores | None] = [None] * len(items)
-    for idx in length_batches([len(it.input_ids) for it in items], max_cells, 64, shuffle=False):
-        batch = collate([items[i] for i in idx], model.argu.num_heads)
-        argu, head, tail = model(batch["input_ids"], batch["attention_mask"])
+    for idx in length_batches([len(it.input_ids) for it in items], max_cells=max_cells, batch_size=64,
+                              shuffle=False):
+        batch = collate([items[i] for i in idx], model.argu.num_heads,
+                        None if features is None else [features[i] for i in idx])
+        argu, head, tail = (x.float().cpu() for x in model(batch["inputs"].to(device),
+                                                            batch["attention_mask"].to(device)))
         for b, i in enumerate(idx):
             n = len(items[i].input_ids)
             a = argu[b, :, 1:n - 1, 1:n - 1]
@@ -927,12 +1036,15 @@ def decode_scores(scores: SentenceScores, labels: Sequence[tuple[str, str]], *, 
                   trigger_role: str = TRIGGER_ROLE, max_nodes: int | None = 64) -> list[frozenset]:
     """Algorithm 2 on sparse scores: nodes above ``threshold_arg``, links above ``threshold_link``.
 
-    ``max_nodes`` keeps only the highest-scoring nodes of a sentence (pitfall P1: an untrained model
+    ``max_nodes`` keeps only the highest-scoring nodes of a sentence (an untrained model
     at a low threshold yields thousands of nodes and dense graphs, whose maximal cliques explode);
     ``None`` disables the cap. Gold DuEE sentences have at most a few dozen nodes.
     """
     if max_nodes is not None and (not isinstance(max_nodes, int) or max_nodes < 1):
         raise ValueError(f"max_nodes: expected a positive int or None, got {max_nodes!r}")
+    _check_threshold("decode_scores", "threshold_arg", threshold_arg)
+    _check_threshold("decode_scores", "threshold_link", threshold_link)
+    _check_finite_scores("decode_scores", "scores.scores", scores.scores)
     keep = np.flatnonzero(scores.scores > threshold_arg)
     if max_nodes is not None and len(keep) > max_nodes:
         keep = keep[np.argsort(-scores.scores[keep], kind="stable")[:max_nodes]]

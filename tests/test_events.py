@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib import events as E
+from lib.encoders import ScratchCharEncoder
 from lib.globalpointer import GlobalPointer, globalpointer_loss, multilabel_categorical_crossentropy
 
 TR = E.TRIGGER_ROLE
@@ -429,15 +430,57 @@ def test_efficient_gp_loss_validates():
         E.efficient_gp_loss(gp, torch.zeros(1, 3, 4), torch.ones(1, 3), torch.full((1, 2, 1, 2), -1))
 
 
-def test_length_batches_partition_and_budget():
-    lengths = [5, 40, 12, 12, 90, 3, 33, 33, 7, 64]
-    for shuffle in (False, True):
-        batches = E.length_batches(lengths, max_cells=3 * 40 * 40, max_batch=3, shuffle=shuffle, seed=1)
-        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-        for b in batches:
-            L = max(lengths[i] for i in b)
-            assert len(b) == 1 or len(b) * L * L <= 3 * 40 * 40
-            assert len(b) <= 3
+def _dense_reference(gp, hidden, mask, pairs):
+    """The dense loss on the materialised logits, in float64 (the oracle)."""
+    gp64 = GlobalPointer(gp.hidden_size, gp.num_heads, gp.head_size, efficient=True).double()
+    gp64.load_state_dict({k: v.double() for k, v in gp.state_dict().items()})
+    h = hidden.detach().double().requires_grad_()
+    return globalpointer_loss(gp64(h, mask), pairs), h, gp64
+
+
+def _confident_case(dtype, seed=0, scale=12.0):
+    torch.manual_seed(seed)
+    B, L, C, H = 3, 11, 4, 16
+    gp = GlobalPointer(H, C, 8, efficient=True).to(dtype)
+    hidden = (torch.randn(B, L, H) * scale).to(dtype)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    mask[0, :] = 1
+    mask[1, :7] = 1            # row 2 stays all padding
+    with torch.no_grad():
+        logits = gp(hidden.double() if dtype == torch.float64 else hidden, mask).double()
+    pairs = torch.full((B, C, 2, 2), -1, dtype=torch.long)
+    for b in (0, 1):
+        for c in range(C):     # the highest-scoring valid cell of each class is the positive
+            flat = int(logits[b, c].flatten().argmax())
+            pairs[b, c, 0] = torch.tensor([flat // L, flat % L])
+    return gp, hidden, mask, pairs, logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_efficient_gp_loss_dominant_positives_and_padded_row(dtype):
+    gp, hidden, mask, pairs, logits = _confident_case(dtype)
+    pos_scores = [float(logits[b, c][tuple(pairs[b, c, 0])]) for b in (0, 1) for c in range(gp.num_heads)]
+    assert min(pos_scores) > 30, "the case must have dominant positives"
+    hidden = hidden.requires_grad_()
+    fast = E.efficient_gp_loss(gp, hidden, mask, pairs)
+    ref, h64, gp64 = _dense_reference(gp, hidden, mask, pairs)
+    assert torch.isfinite(fast)
+    tol = 1e-9 if dtype == torch.float64 else 2e-3
+    assert fast.item() == pytest.approx(ref.item(), rel=tol, abs=tol)
+    g_fast = torch.autograd.grad(fast, [hidden, gp.p_dense.weight, gp.q_dense.weight])
+    g_ref = torch.autograd.grad(ref, [h64, gp64.p_dense.weight, gp64.q_dense.weight])
+    for a, b in zip(g_fast, g_ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=tol * 10, atol=tol * 10)
+    # the padded row contributes nothing: its gradient is exactly zero
+    assert g_fast[0][2].abs().max().item() == 0
+
+
+def test_efficient_gp_loss_all_padding_batch_is_zero():
+    gp = GlobalPointer(8, 3, 4, efficient=True)
+    loss = E.efficient_gp_loss(gp, torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.long),
+                               torch.full((2, 3, 1, 2), -1))
+    assert loss.item() == 0.0
 
 
 class _CharTokenizer:
@@ -464,14 +507,14 @@ def test_encode_collate_and_sparse_decode_match_dense_decode():
     items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
     assert items[0].dropped == 0 and len(items[0].gold) == 2
     batch = E.collate(items, len(labels))
-    assert batch["input_ids"].shape == (2, 16) and batch["argu_pairs"].shape[:2] == (2, len(labels))
+    assert batch["inputs"].shape == (2, 16) and batch["argu_pairs"].shape[:2] == (2, len(labels))
     torch.manual_seed(0)
-    model = E.GPLinkerEE(E.CharConvEncoder(60, 16, (1, 2)), 16, len(labels), 8)
+    model = E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, len(labels), 8)
     loss = E.gplinker_loss(model, batch)
     assert torch.isfinite(loss)
     model.eval()
     with torch.no_grad():
-        argu, head, tail = model(batch["input_ids"], batch["attention_mask"])
+        argu, head, tail = model(batch["inputs"], batch["attention_mask"])
     scores = E.predict_scores(model, items, floor=-1.0)
     for b, it in enumerate(items):
         n = len(it.input_ids)
@@ -576,18 +619,97 @@ def test_oracle_decode_round_trip_on_real_duee_sentences():
     assert checked >= 30
 
 
-def test_compact_vocabulary_and_remap():
-    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
-    index = {lab: i for i, lab in enumerate(E.build_labels(schema))}
-    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
-    vocab = E.compact_vocabulary(items[:1], specials=(0, 100, 1, 2))
-    assert vocab[0] == 0 and sorted(vocab.values()) == list(range(len(vocab)))
-    remapped = E.remap_ids(items, vocab)
-    inverse = {v: k for k, v in vocab.items()}
-    # seen ids round-trip; unseen ids of the second sentence map to [UNK]
-    assert [inverse[i] for i in remapped[0].input_ids] == items[0].input_ids
-    for old, new in zip(items[1].input_ids, remapped[1].input_ids):
-        assert new == (vocab[old] if old in vocab else vocab[100])
-    assert remapped[0].targets == items[0].targets
-    with pytest.raises(ValueError, match="unk_id"):
-        E.remap_ids(items, {0: 0})
+# ------------------------------------------------------------------------------------------------
+# a user's mistakes: each raises an error that names what is wrong
+# ------------------------------------------------------------------------------------------------
+def _one_event_sentence(text, arg_text, arg_start):
+    from lib.data import Argument, Event, EventSentence
+    return EventSentence("x", text, [Event("会见", "见", text.index("见"), [Argument("会见方", arg_text, arg_start)])])
+
+
+def test_argument_text_not_at_its_start_raises_naming_the_argument():
+    bad = _one_event_sentence("张三在北京见了李四", "北京", 0)   # 北京 starts at 3, not 0
+    with pytest.raises(ValueError, match="北京"):
+        E.char_events(bad)
+    with pytest.raises(ValueError, match="北京"):
+        E.encode_sentences([bad], _CharTokenizer(), {("会见", TR): 0, ("会见", "会见方"): 1})
+    good = _one_event_sentence("张三在北京见了李四", "北京", 3)
+    assert ("会见", "会见方", 3, 4) in E.char_events(good)[0]
+
+
+def test_align_events_rejects_malformed_nodes_and_offsets():
+    with pytest.raises(ValueError, match="events"):
+        E.align_events([frozenset({("A", "r", 3)})], [(0, 1)])
+    with pytest.raises(ValueError, match="offsets"):
+        E.align_events([frozenset({("A", "r", 0, 0)})], [(2, 1)])
+
+
+def test_to_scored_rejects_offsets_beyond_the_text():
+    with pytest.raises(ValueError, match="beyond"):
+        E.to_scored([frozenset({("A", "r", 2, 9)})], "abcd")
+    with pytest.raises(ValueError, match="offsets"):
+        E.to_scored([frozenset({("A", "r", 1, 1)})], "abcd", [(0, 0), (3, 7)])
+
+
+def test_predict_arguments_with_string_labels_raises():
+    logits = np.zeros((2, 3, 3))
+    with pytest.raises(TypeError, match="labels"):
+        E.predict_arguments(logits, ["会见-触发词", "会见-会见方"])
+
+
+def test_edge_adjacency_rejects_non_pairs():
+    with pytest.raises(ValueError, match="edges"):
+        E.edge_adjacency([(1, 2, 3)])
+    with pytest.raises(ValueError, match="edges"):
+        E.edge_adjacency([(1, 1)])
+
+
+def test_clique_search_budget_stops_the_16_node_moon_moser_graph_quickly():
+    import time
+    nodes, adj = E.moon_moser_graph(8)
+    start = time.process_time()
+    with pytest.raises(E.SearchBudgetExceeded, match="networkx"):
+        E.clique_search(nodes, adj)
+    assert time.process_time() - start < 20
+    assert len(E.maximal_cliques(nodes, adj)) == 2 ** 8
+    with pytest.raises(E.SearchBudgetExceeded):
+        E.clique_search(*E.moon_moser_graph(4), max_calls=10)
+    with pytest.raises(ValueError, match="max_calls"):
+        E.clique_search([1], E.edge_adjacency([]), max_calls=0)
+
+
+def test_decoding_a_diverged_model_raises():
+    labels = [("A", TR), ("A", "r")]
+    argu, head, tail = np.zeros((2, 4, 4)), np.zeros((4, 4)), np.zeros((4, 4))
+    with pytest.raises(ValueError, match="decode_events.*threshold_arg"):
+        E.decode_events(argu, head, tail, labels, threshold_arg=float("nan"))
+    with pytest.raises(ValueError, match="decode_events.*threshold_link"):
+        E.decode_events(argu, head, tail, labels, threshold_link=float("nan"))
+    nan_argu = argu.copy()
+    nan_argu[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="decode_events.*diverged model"):
+        E.decode_events(nan_argu, head, tail, labels)
+    with pytest.raises(ValueError, match="predict_arguments.*diverged model"):
+        E.predict_arguments(nan_argu, labels)
+    scores = E.SentenceScores(np.array([[0, 1, 2]]), np.array([np.nan]), head, tail)
+    with pytest.raises(ValueError, match="decode_scores.*diverged model"):
+        E.decode_scores(scores, labels)
+    ok = E.SentenceScores(np.array([[0, 1, 2]]), np.array([1.0]), head, tail)
+    with pytest.raises(ValueError, match="decode_scores.*threshold_arg"):
+        E.decode_scores(ok, labels, threshold_arg=float("nan"))
+
+
+def test_efficient_gp_loss_rejects_masked_gold_cells():
+    gp = GlobalPointer(8, 2, 4, efficient=True)
+    mask = torch.ones(1, 5, dtype=torch.long)
+    mask[0, 4] = 0
+    pairs = torch.full((1, 2, 1, 2), -1)
+    pairs[0, 0, 0] = torch.tensor([3, 1])          # lower triangle
+    with pytest.raises(ValueError, match="pairs.*masked"):
+        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+    pairs[0, 0, 0] = torch.tensor([1, 4])          # padding position
+    with pytest.raises(ValueError, match="pairs.*masked"):
+        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+    pairs[0, 0, 0] = torch.tensor([1, 7])          # out of range
+    with pytest.raises(ValueError, match="pairs"):
+        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
