@@ -49,7 +49,9 @@ __all__ = [
     "activation_pattern", "lipschitz_audit", "mixture_centers", "sample_mixture",
     "load_digits_split", "sliced_w1", "mode_stats", "frechet_distance", "feature_fid",
     "classifier_score", "class_coverage", "DigitsJudge", "train_digits_judge", "GANConfig",
-    "train_gan", "eval_2d", "step_costs", "saved_tensor_bytes", "step_graph_bytes",
+    "train_gan", "eval_2d", "step_costs", "saved_tensor_bytes", "step_graph_bytes", "peak_bytes",
+    "step_peak_bytes", "Member", "EnsembleConfig", "BatchedMLP", "MaskedAdam", "ensemble_scores", "train_gan_ensemble",
+    "ensemble_critic_fn",
 ]
 
 METHODS = ("batched", "exact", "loop")
@@ -442,6 +444,10 @@ def mixture_centers(kind: str = "ring", *, k: int | None = None, radius: float =
                     spacing: float = 1.0) -> Tensor:
     """Mode centres ``[K, 2]``: ``ring`` (k=8 on a circle of ``radius``) or ``grid`` (k×k, k=5, ``spacing``)."""
     check_choice("kind", kind, ("ring", "grid"))
+    if k is not None:
+        check_positive("k", k, integer=True)
+    check_positive("radius", radius)
+    check_positive("spacing", spacing)
     if kind == "ring":
         k = 8 if k is None else k
         if k < 1:
@@ -491,8 +497,12 @@ def sliced_w1(a: Tensor, b: Tensor, *, n_proj: int = 64, seed: int = 0) -> float
     """
     _check_batch(a, "a")
     _check_batch(b, "b")
+    check_positive("n_proj", n_proj, integer=True)
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"a and b must share the feature shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    for name, t in (("a", a), ("b", b)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(t)).sum())} NaN/inf entries")
     a, b = a.detach().double().flatten(1), b.detach().double().flatten(1)
     gen = torch.Generator().manual_seed(seed)
     th = torch.randn(a.shape[1], n_proj, generator=gen, dtype=torch.float64)
@@ -518,6 +528,8 @@ def mode_stats(samples: Tensor, centers: Tensor, *, tol: float = 0.1, min_count:
     _check_batch(samples, "samples")
     _check_batch(centers, "centers")
     check_positive("tol", tol)
+    if not (torch.isfinite(samples).all() and torch.isfinite(centers).all()):
+        raise ValueError("samples and centers must be finite (NaN samples mean a diverged generator)")
     d = torch.cdist(samples.detach().double(), centers.double())
     dist, idx = d.min(1)
     good = dist < tol
@@ -535,6 +547,8 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     s1, s2 = np.atleast_2d(s1).astype(np.float64), np.atleast_2d(s2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"shapes must be mu [d], sigma [d, d] for both, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, s1, mu2, s2)):
+        raise ValueError("means and covariances must be finite (NaN features mean diverged samples)")
     lam = np.linalg.eigvals(s1 @ s2).real
     tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
@@ -549,11 +563,23 @@ def feature_fid(fa: np.ndarray | Tensor, fb: np.ndarray | Tensor) -> float:
     return frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
 
 
+def _probabilities(probs: np.ndarray | Tensor, name: str = "probs") -> np.ndarray:
+    """``probs [N, C]`` as float64, checked: N ≥ 1, finite, rows of probabilities (not logits)."""
+    p = np.asarray(probs.detach().cpu() if isinstance(probs, Tensor) else probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
+        raise ValueError(f"{name} must be [N, C] with N ≥ 1 samples, got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{name} must be finite, got {int((~np.isfinite(p)).sum())} NaN/inf entries "
+                         "(a diverged generator? check the samples)")
+    if (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-6):
+        raise ValueError(f"{name} must be rows of probabilities (≥ 0, summing to 1); got min {p.min():.3g} and "
+                         f"row sums in [{p.sum(1).min():.3g}, {p.sum(1).max():.3g}]: pass softmax(logits), not logits")
+    return p
+
+
 def classifier_score(probs: np.ndarray | Tensor) -> float:
     """Inception-score analogue ``exp E_x KL(p(y|x) ‖ p(y))`` for ``probs [N, C]`` (1 … C)."""
-    p = np.asarray(probs.detach().cpu() if isinstance(probs, Tensor) else probs, dtype=np.float64)
-    if p.ndim != 2 or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-6):
-        raise ValueError(f"probs must be [N, C] rows of probabilities, got shape {p.shape}")
+    p = _probabilities(probs)
     py = p.mean(0, keepdims=True)
     kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(py, 1e-12, None)))).sum(1)
     return float(np.exp(kl.mean()))
@@ -561,10 +587,10 @@ def classifier_score(probs: np.ndarray | Tensor) -> float:
 
 def class_coverage(probs: np.ndarray | Tensor, *, threshold: float = 0.9, min_frac: float = 0.02) -> int:
     """Number of classes that receive at least ``min_frac`` of the samples among those predicted
-    with confidence ≥ ``threshold``; ``probs [N, C]`` → int in 0 … C."""
-    p = np.asarray(probs.detach().cpu() if isinstance(probs, Tensor) else probs, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
+    with confidence ≥ ``threshold``; ``probs [N, C]`` (rows of probabilities, N ≥ 1) → int in 0 … C."""
+    p = _probabilities(probs)
+    check_positive("threshold", threshold)
+    check_positive("min_frac", min_frac)
     conf, pred = p.max(1), p.argmax(1)
     counts = np.bincount(pred[conf >= threshold], minlength=p.shape[1])
     return int((counts >= min_frac * len(p)).sum())
@@ -669,6 +695,10 @@ class GANConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("gp_lambda", "gran_eps"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        for name in ("lr_d", "lr_g", "clip", "gran_K"):
+            check_positive(name, getattr(self, name))
 
 
 def make_critic(cfg: GANConfig, dim: int) -> nn.Sequential:
@@ -902,3 +932,404 @@ def step_graph_bytes(cfg: GANConfig, *, dim: int = 2) -> dict[str, int]:
             D.requires_grad_(True)
 
     return {"d_bytes": saved_tensor_bytes(d_loss), "g_bytes": saved_tensor_bytes(g_loss)}
+
+
+# --------------------------------------------------------------------------- ensembles: many GANs at once
+@dataclass(frozen=True)
+class Member:
+    """One GAN of an ensemble: critic kind, loss, learning rate (generator and critic), critic steps per
+    generator step, GP weight (used by ``critic='gp'``) and seed (init, data and noise; members with the same
+    seed share all three, so they are paired)."""
+
+    critic: str = "gn"
+    loss: str = "wass"
+    lr: float = 1e-3
+    n_dis: int = 3
+    gp_lambda: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("critic", self.critic, CRITICS)
+        check_choice("loss", self.loss, ("wass", "hinge"))
+        check_positive("lr", self.lr)
+        check_positive("n_dis", self.n_dis, integer=True)
+        check_positive("gp_lambda", self.gp_lambda, allow_zero=True)
+        check_positive("seed", self.seed, integer=True, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """What every member of an ensemble shares: data, length, batch and network sizes, Adam betas."""
+
+    data: str = "ring"            # ring | grid | digits
+    steps: int = 500              # generator updates
+    batch: int = 64
+    z_dim: int = 8
+    g_width: int = 64
+    g_depth: int = 2
+    d_width: int = 64
+    d_depth: int = 2
+    betas: tuple[float, float] = (0.5, 0.9)
+    clip: float = 0.01
+    gran_eps: float = 1e-4
+    gran_K: float = 1.0
+    log_every: int = 50
+    n_eval: int = 1000
+    landscape: int = 40
+    extent: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_choice("data", self.data, ("ring", "grid", "digits"))
+        for name in ("steps", "batch", "z_dim", "g_width", "d_width", "log_every", "n_eval"):
+            check_positive(name, getattr(self, name), integer=True)
+        if self.steps % self.log_every:
+            raise ValueError(f"steps must be a multiple of log_every, got {self.steps} and {self.log_every}")
+
+
+class BatchedMLP(nn.Module):
+    """K independent MLPs ``din → width (×depth) → dout`` as stacked weights: ``[K, B, din] → [K, B, dout]``.
+
+    Member k draws nn.Linear's default init (``U(±1/√fan_in)``) from its own ``seeds[k]``. Where
+    ``spectral[k]`` is true every layer of member k is spectrally normalized as by Miyato et al. and torch's
+    ``spectral_norm``: a persistent vector u per layer, 15 power iterations at init, then one per
+    ``forward(x, power_iteration=True)`` in train mode; ``W / σ̂`` with ``σ̂ = vᵀ W u`` (u, v constants).
+    """
+
+    def __init__(self, din: int, dout: int, width: int, depth: int, seeds: Sequence[int], *,
+                 act: str = "leaky_relu", slope: float = 0.2, out_act: str | None = None,
+                 spectral: Sequence[bool] | None = None) -> None:
+        super().__init__()
+        check_choice("act", act, tuple(_ACTS))
+        if out_act is not None:
+            check_choice("out_act", out_act, ("tanh",))
+        K = len(seeds)
+        if K < 1:
+            raise ValueError("seeds must name at least one member")
+        dims = [din] + [width] * depth + [dout]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:]):
+            bound = 1 / math.sqrt(a)
+            self.weights.append(nn.Parameter(torch.stack([(torch.rand(a, b, generator=g) * 2 - 1) * bound for g in gens])))
+            self.biases.append(nn.Parameter(torch.stack([(torch.rand(1, b, generator=g) * 2 - 1) * bound for g in gens])))
+        self.act, self.out_act, self.K = _ACTS[act](slope), out_act, K
+        sn = torch.zeros(K, dtype=torch.bool) if spectral is None else torch.as_tensor(list(spectral), dtype=torch.bool)
+        if sn.shape != (K,):
+            raise ValueError(f"spectral must have one flag per member ({K}), got {tuple(sn.shape)}")
+        self.register_buffer("sn", sn)
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            u = nn.functional.normalize(torch.stack([torch.randn(b, generator=g) for g in gens]), dim=1)
+            self.register_buffer(f"u{i}", u)
+            self.register_buffer(f"v{i}", torch.zeros(K, a))
+            with torch.no_grad():
+                for _ in range(15):
+                    self._power_iteration(i)
+
+    def _power_iteration(self, i: int) -> None:
+        W, u = self.weights[i].detach(), getattr(self, f"u{i}")
+        v = nn.functional.normalize(torch.bmm(W, u.unsqueeze(-1)).squeeze(-1), dim=1)   # [K, in]
+        u = nn.functional.normalize(torch.bmm(v.unsqueeze(1), W).squeeze(1), dim=1)     # [K, out]
+        getattr(self, f"u{i}").copy_(u)
+        getattr(self, f"v{i}").copy_(v)
+
+    def sigma(self, i: int) -> Tensor:
+        """The spectral-norm estimate ``vᵀ W_i u`` of layer i, ``[K]`` (differentiable in W)."""
+        return torch.einsum("ki,kio,ko->k", getattr(self, f"v{i}"), self.weights[i], getattr(self, f"u{i}"))
+
+    def forward(self, x: Tensor, power_iteration: bool = False) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] != self.K:
+            raise ValueError(f"x must be [K={self.K}, B, din], got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        last = len(self.weights) - 1
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            if bool(self.sn.any()):
+                if power_iteration and self.training:
+                    with torch.no_grad():
+                        self._power_iteration(i)
+                W = torch.where(self.sn[:, None, None], W / self.sigma(i)[:, None, None], W)
+            x = torch.baddbmm(b, x, W)
+            if i < last:
+                x = self.act(x)
+        return torch.tanh(x) if self.out_act == "tanh" else x
+
+    def member(self, k: int) -> "BatchedMLP":
+        """A one-member copy of member k (weights, biases and spectral-norm state)."""
+        one = BatchedMLP.__new__(BatchedMLP)
+        nn.Module.__init__(one)
+        one.weights = nn.ParameterList([nn.Parameter(w.detach()[k:k + 1].clone()) for w in self.weights])
+        one.biases = nn.ParameterList([nn.Parameter(b.detach()[k:k + 1].clone()) for b in self.biases])
+        one.act, one.out_act, one.K = self.act, self.out_act, 1
+        for name, buf in self.named_buffers():
+            one.register_buffer(name, buf[k:k + 1].clone())
+        return one.train(self.training)
+
+
+class MaskedAdam:
+    """Adam (torch's formula) on stacked parameters ``[K, ...]`` with a per-member lr ``[K]`` and a mask of the
+    members that update this step; each member keeps its own step count, so a member that sits out a step
+    is exactly as if that step had not happened (tested against ``torch.optim.Adam``)."""
+
+    def __init__(self, params: Sequence[nn.Parameter], K: int, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.b1, self.b2, self.eps = betas[0], betas[1], eps
+        self.t = torch.zeros(K, dtype=torch.float64)
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self, lr: Tensor, active: Tensor) -> None:
+        self.t += active.double()
+        t = self.t.clamp_min(1)
+        c1, c2 = (1 - self.b1 ** t).float(), (1 - self.b2 ** t).float()
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            a = active.view(shape)
+            g = torch.nan_to_num(p.grad)
+            m.copy_(torch.where(a, self.b1 * m + (1 - self.b1) * g, m))
+            v.copy_(torch.where(a, self.b2 * v + (1 - self.b2) * g * g, v))
+            update = lr.view(shape) * (m / c1.view(shape)) / ((v / c2.view(shape)).sqrt() + self.eps)
+            p.sub_(torch.where(a, update, torch.zeros_like(update)))
+
+
+_GN_KINDS = ("gn", "gran", "gn_raw", "inner")
+
+
+def ensemble_scores(D: BatchedMLP, x: Tensor, kinds: Sequence[str], cfg: EnsembleConfig, *,
+                    power_iteration: bool = False, create_graph: bool = True) -> Tensor:
+    """Scores ``[K, N]`` of every member's critic on ``x [K, N, d]``: raw ``D`` for none / clip / gp / sn,
+    normalized (same formulas as :func:`gn_iccv`, :func:`gran`, :func:`gn_raw`, :func:`gn_inner`) otherwise.
+    The per-sample gradient is the batched shortcut, exact here: members and samples do not interact."""
+    if len(kinds) != D.K:
+        raise ValueError(f"kinds must have one entry per member ({D.K}), got {len(kinds)}")
+    if not any(k in _GN_KINDS for k in kinds):
+        return D(x, power_iteration).squeeze(-1)
+    xi = x if x.requires_grad else x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        f = D(xi, power_iteration).squeeze(-1)
+        (w,) = torch.autograd.grad(f.sum(), xi, create_graph=create_graph)
+    g = w.norm(dim=-1)
+    tiny = torch.finfo(f.dtype).tiny
+    choice = {
+        "gn": lambda: f / (g + f.abs()).clamp_min(tiny),
+        "gran": lambda: cfg.gran_K * f * g / (g * g + cfg.gran_eps).clamp_min(tiny),
+        "gn_raw": lambda: f / (g + cfg.gran_eps).clamp_min(tiny),
+        "inner": lambda: (w / g.clamp_min(tiny).unsqueeze(-1) * xi).sum(-1),
+    }
+    out = f
+    for kind in set(kinds) & set(_GN_KINDS):
+        mask = torch.tensor([k == kind for k in kinds])[:, None]
+        out = torch.where(mask, choice[kind](), out)
+    return out
+
+
+def _ensemble_penalty(D: BatchedMLP, xr: Tensor, xf: Tensor, gen: torch.Generator) -> Tensor:
+    """Per-member WGAN-GP penalty ``E (‖∇D(x̃)‖ − 1)²`` on interpolates, ``[K, B, d]`` → ``[K]``."""
+    alpha = torch.rand(xr.shape[0], xr.shape[1], 1, generator=gen)
+    x_hat = (alpha * xr + (1 - alpha) * xf).detach().requires_grad_(True)
+    f = D(x_hat).squeeze(-1)
+    (w,) = torch.autograd.grad(f.sum(), x_hat, create_graph=True)
+    return ((w.norm(dim=-1) - 1) ** 2).mean(1)
+
+
+def _ensemble_group(members: Sequence[Member], cfg: EnsembleConfig, real: Tensor | None,
+                    evaluate: Callable[[Tensor], dict], keep: int) -> list[dict]:
+    """Train members that share one ``n_dis`` (and one kind of critic computation) as one batched ensemble (see :func:`train_gan_ensemble`)."""
+    from lib.train import fit
+
+    K, two_d = len(members), cfg.data in ("ring", "grid")
+    dim = 2 if two_d else real.shape[1]
+    seeds = sorted({m.seed for m in members})
+    which = torch.tensor([seeds.index(m.seed) for m in members])
+    kinds = [m.critic for m in members]
+    G = BatchedMLP(cfg.z_dim, dim, cfg.g_width, cfg.g_depth, [m.seed for m in members], act="relu",
+                   out_act=None if two_d else "tanh")
+    D = BatchedMLP(dim, 1, cfg.d_width, cfg.d_depth, [m.seed + 50_000 for m in members],
+                   spectral=[m.critic == "sn" for m in members])
+    lr = torch.tensor([m.lr for m in members])
+    opt_g = MaskedAdam(list(G.parameters()), K, cfg.betas)
+    opt_d = MaskedAdam(list(D.parameters()), K, cfg.betas)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    gp_weight = torch.tensor([m.gp_lambda if m.critic == "gp" else 0.0 for m in members])
+    hinge = torch.tensor([m.loss == "hinge" for m in members])
+    clip = torch.tensor([m.critic == "clip" for m in members])
+    z_fix = torch.stack([torch.randn(cfg.n_eval, cfg.z_dim, generator=torch.Generator().manual_seed(s + 1))
+                         for s in seeds])[which]
+    alive = torch.ones(K, dtype=torch.bool)
+    n_dis = members[0].n_dis
+    out = [{"member": asdict(m), "history": [], "snapshots": [], "diverged": False} for m in members]
+    acc = {"d": torch.zeros(K, dtype=torch.float64), "g": torch.zeros(K, dtype=torch.float64), "n": 0}
+
+    def draw_real() -> Tensor:
+        if two_d:
+            return torch.stack([sample_mixture(cfg.batch, cfg.data, generator=g) for g in gens])[which]
+        return torch.stack([real[torch.randint(len(real), (cfg.batch,), generator=g)] for g in gens])[which]
+
+    def draw_z() -> Tensor:
+        return torch.stack([torch.randn(cfg.batch, cfg.z_dim, generator=g) for g in gens])[which]
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            s = G(z_fix)
+        if two_d and cfg.landscape:
+            t = torch.linspace(-cfg.extent, cfg.extent, cfg.landscape)
+            xy = torch.stack(torch.meshgrid(t, t, indexing="xy"), -1).reshape(1, -1, 2).expand(K, -1, -1)
+            D.eval()
+            land = ensemble_scores(D, xy, kinds, cfg, create_graph=False).detach()
+            D.train()
+        for k in range(K):
+            finite = bool(alive[k]) and bool(torch.isfinite(s[k]).all())
+            metrics = evaluate(s[k]) if finite else {}
+            n = max(acc["n"], 1)
+            out[k]["history"].append({"step": step, "d_loss": float(acc["d"][k]) / n, "g_loss": float(acc["g"][k]) / n,
+                                      **metrics})
+            snap = {"step": step, "samples": s[k, :keep].numpy().astype(np.float32)}
+            if two_d and cfg.landscape:
+                snap["landscape"] = land[k].reshape(cfg.landscape, cfg.landscape).numpy().astype(np.float32)
+            out[k]["snapshots"].append(snap)
+        acc["d"].zero_(), acc["g"].zero_()
+        acc["n"] = 0
+
+    def step(_: int) -> float:
+        for _ in range(n_dis):
+            xr = draw_real()
+            with torch.no_grad():
+                xf = G(draw_z())
+            scores = ensemble_scores(D, torch.cat([xr, xf], 1), kinds, cfg, power_iteration=True)
+            sr, sf = scores[:, :cfg.batch], scores[:, cfg.batch:]
+            loss_d = torch.where(hinge, torch.relu(1 - sr).mean(1) + torch.relu(1 + sf).mean(1), sf.mean(1) - sr.mean(1))
+            if bool((gp_weight > 0).any()):
+                loss_d = loss_d + gp_weight * _ensemble_penalty(D, xr, xf, gens[0])
+            alive.logical_and_(torch.isfinite(loss_d.detach()))
+            D.zero_grad(set_to_none=True)
+            torch.where(alive, loss_d, torch.zeros_like(loss_d)).sum().backward()
+            opt_d.step(lr, alive)
+            if bool(clip.any()):
+                with torch.no_grad():
+                    for p in D.parameters():
+                        p.copy_(torch.where(clip.view(-1, *([1] * (p.dim() - 1))), p.clamp(-cfg.clip, cfg.clip), p))
+        D.requires_grad_(False)
+        try:
+            loss_g = -ensemble_scores(D, G(draw_z()), kinds, cfg).mean(1)
+            alive.logical_and_(torch.isfinite(loss_g.detach()))
+            G.zero_grad(set_to_none=True)
+            torch.where(alive, loss_g, torch.zeros_like(loss_g)).sum().backward()
+            opt_g.step(lr, alive)
+        finally:
+            D.requires_grad_(True)
+        for k in torch.nonzero(~alive).flatten().tolist():
+            out[k]["diverged"] = True
+        acc["d"] += torch.nan_to_num(loss_d.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
+        acc["g"] += torch.nan_to_num(loss_g.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
+        acc["n"] += 1
+        return float(loss_d.detach()[alive].sum()) if bool(alive.any()) else 0.0
+
+    record(0)
+    state = {"step": 0}
+
+    def after_epoch(epoch: int) -> dict:
+        state["step"] = (epoch + 1) * cfg.log_every if not _smoke() else acc["n"] + state["step"]
+        record(state["step"])
+        return {}
+
+    fit(step, lambda epoch: range(cfg.log_every), cfg.steps // cfg.log_every, evaluate=after_epoch,
+        desc=f"GAN ensemble ({K} members, n_dis={n_dis})")
+    for k in range(K):
+        out[k]["critic"] = D.member(k).eval()
+        out[k]["generator"] = G.member(k).eval()
+    return out
+
+
+def _smoke() -> bool:
+    from lib import utils
+    return utils.SMOKE
+
+
+def train_gan_ensemble(members: Sequence[Member], cfg: EnsembleConfig, *, real: Tensor | None = None,
+                       evaluate: Callable[[Tensor], dict] | None = None, keep_samples: int | None = None) -> dict:
+    """Train every member's GAN at once: members with the same ``n_dis`` form one batched ensemble
+    (:class:`BatchedMLP` generators and critics, :class:`MaskedAdam`), trained through ``lib.train.fit``
+    (one epoch = ``cfg.log_every`` generator steps; ``BOOK_SMOKE=1`` runs 3 steps).
+
+    The training step is :func:`train_gan`'s for every member: ``n_dis`` critic updates on fresh real and
+    (detached) fake batches, then one generator update with the critic frozen; GP adds ``λ`` times the
+    penalty on interpolates; SN members do one power iteration per critic update; clip members are clamped
+    after each critic update. A member whose loss becomes NaN / inf is frozen and marked ``diverged``.
+
+    Returns ``{"config", "members": [ {member, history: [{step, d_loss, g_loss, **metrics}], snapshots:
+    [{step, samples, landscape?}], diverged, critic, generator} ], "seconds", "cpu_seconds"}`` in the order
+    of `members`; ``critic`` / ``generator`` are one-member :class:`BatchedMLP` (``[1, B, d]`` inputs).
+    """
+    if not members or not all(isinstance(m, Member) for m in members):
+        raise TypeError(f"members must be a non-empty sequence of Member, got {members!r}")
+    if not isinstance(cfg, EnsembleConfig):
+        raise TypeError(f"cfg must be an EnsembleConfig, got {type(cfg).__name__}")
+    two_d = cfg.data in ("ring", "grid")
+    if not two_d:
+        if not isinstance(real, Tensor) or real.dim() != 2 or len(real) == 0 or not torch.isfinite(real).all():
+            raise ValueError("train_gan_ensemble(data='digits') needs real=[N, 64] finite training images")
+        if evaluate is None:
+            raise ValueError("train_gan_ensemble(data='digits') needs an evaluate callable")
+    if evaluate is None:
+        evaluate = lambda s: eval_2d(s, cfg.data)  # noqa: E731
+    keep = cfg.n_eval if keep_samples is None else keep_samples
+    t0, c0 = time.perf_counter(), time.process_time()
+    results: list[dict | None] = [None] * len(members)
+    # one batched ensemble per (n_dis, kind of critic computation): a plain critic does not pay for the
+    # double backward of the normalized ones, nor for the penalty of GP
+    group = lambda m: (m.n_dis, m.critic in _GN_KINDS, m.critic == "gp")  # noqa: E731
+    for key in sorted({group(m) for m in members}):
+        idx = [i for i, m in enumerate(members) if group(m) == key]
+        for i, r in zip(idx, _ensemble_group([members[i] for i in idx], cfg, real, evaluate, keep)):
+            results[i] = r
+    return {"config": asdict(cfg), "members": results, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0}
+
+
+def ensemble_critic_fn(result: dict, cfg: EnsembleConfig) -> Callable[[Tensor], Tensor]:
+    """The trained critic of one member of :func:`train_gan_ensemble` as the generator saw it:
+    ``x [N, d] → scores [N]`` (normalized for GN-type critics)."""
+    D, kind = result["critic"], result["member"]["critic"]
+    return lambda x: ensemble_scores(D, x.unsqueeze(0), [kind], cfg, create_graph=False)[0].detach()
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of torch CPU memory allocated while ``fn()`` runs, above what was allocated before.
+
+    Measured with ``torch.profiler`` (``profile_memory=True``): every allocation (an op's self memory) and
+    every free (a ``[memory]`` event) in time order; the peak of their running sum. Counts torch tensors
+    only (not Python objects); ``tracemalloc`` cannot see torch's allocator, peak RSS cannot be reset."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+                    for e in prof.events())
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return int(peak)
+
+
+def step_peak_bytes(cfg: GANConfig, *, dim: int = 2) -> dict[str, int]:
+    """:func:`peak_bytes` of one critic step and of one generator step of run ``cfg`` (forward, backward and
+    optimizer update; one warm-up iteration first so Adam's state already exists), on random data ``[batch, dim]``."""
+    check_positive("dim", dim, integer=True)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    G = make_mlp(cfg.z_dim, dim, cfg.g_width, cfg.g_depth, act="relu")
+    D = make_critic(cfg, dim)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    xr = torch.randn(cfg.batch, dim, generator=gen)
+    z = torch.randn(cfg.batch, cfg.z_dim, generator=gen)
+    with torch.no_grad():
+        xf = G(z)
+    _d_step(D, opt_d, xr, xf, cfg, gen)
+    _g_step(G, D, opt_g, z, cfg)
+    return {"d_peak": peak_bytes(lambda: _d_step(D, opt_d, xr, xf, cfg, gen)),
+            "g_peak": peak_bytes(lambda: _g_step(G, D, opt_g, z, cfg))}

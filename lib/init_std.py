@@ -77,7 +77,7 @@ def tf_truncated_normal_(tensor: torch.Tensor, std: float, a: float = 2.0,
     ``std·sqrt(gamma_a)``. Sampling by inverse CDF: ``u ~ U[Φ(-a), Φ(a)]``, ``x = std·Φ^{-1}(u)``.
     (``torch.nn.init.trunc_normal_(w, std=s)`` instead cuts at ±2 in *absolute* units: the trap.)
     """
-    check_tensor("tensor", tensor)
+    check_tensor("tensor", tensor, floating=True)
     check_positive("std", std, allow_zero=True)
     check_positive("a", a)
     lo, hi = _Phi(-a), _Phi(a)
@@ -543,17 +543,20 @@ def linear_warmup(step: int, warmup: int, peak_lr: float, total_steps: int | Non
 
 @dataclass(frozen=True)
 class WarmupRun:
-    """One cell of the warmup grid."""
+    """One cell of the warmup grid; `seed` picks the network's init and its stream of batches (runs with the
+    same seed share both, so they are paired)."""
     kind: str = "post"
     alpha: float = 1.0
     lr: float = 1e-3
     warmup: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, ("post", "pre"))
         check_positive("alpha", self.alpha)
         check_positive("lr", self.lr)
         check_positive("warmup", self.warmup, integer=True, allow_zero=True)
+        check_positive("seed", self.seed, integer=True, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -603,35 +606,47 @@ class ResidualMLP(nn.Module):
 class BatchedResidualMLP(nn.Module):
     """K independent `ResidualMLP`s of one kind stored as stacked tensors (K first), run with ``bmm``.
 
-    ``forward(x [B, din]) -> logits [K, B, classes]``; every member sees the same batch.
+    ``forward(x [B, din] or [K, B, din]) -> logits [K, B, classes]``: one batch for every member, or one each.
     """
 
     def __init__(self, K: int, din: int, d: int, L: int, classes: int, kind: str,
-                 alphas: Sequence[float], generator: torch.Generator | None = None) -> None:
+                 alphas: Sequence[float], generator: torch.Generator | None = None,
+                 seeds: Sequence[int] | None = None) -> None:
         super().__init__()
         check_choice("kind", kind, ("post", "pre"))
         if len(alphas) != K:
             raise ValueError(f"alphas must have K={K} entries, got {len(alphas)}")
+        if seeds is not None and len(seeds) != K:
+            raise ValueError(f"seeds must have K={K} entries, got {len(seeds)}")
         self.kind, self.K, self.d, self.L = kind, K, d, L
-        tn = lambda shape, std: tf_truncated_normal_(  # noqa: E731  realised std `std`
-            torch.empty(shape), std / math.sqrt(trunc_normal_variance_factor(2.0)), 2.0, generator)
-        self.w_in = nn.Parameter(tn((K, din, d), 1 / math.sqrt(din)))
+        # one generator per member (seeds given: member k draws from its own seed, so members with the same
+        # seed start from the same normal draws, scaled by their alpha) or one shared generator
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds] if seeds is not None else [generator] * K
+        tn = lambda shape, std, g: tf_truncated_normal_(  # noqa: E731  realised std `std`
+            torch.empty(shape), std / math.sqrt(trunc_normal_variance_factor(2.0)), 2.0, g)
+        w_in, w1, w2, w_out = [], [], [], []
+        for a, g in zip(alphas, gens):
+            w_in.append(tn((din, d), 1 / math.sqrt(din), g))
+            w1.append(tn((L, d, d), a / math.sqrt(d), g))
+            w2.append(tn((L, d, d), a / math.sqrt(d), g))
+            w_out.append(tn((d, classes), 1 / math.sqrt(d), g))
+        self.w_in = nn.Parameter(torch.stack(w_in))   # [K, din, d]
         self.b_in = nn.Parameter(torch.zeros(K, 1, d))
-        w1 = [tn((L, d, d), a / math.sqrt(d)) for a in alphas]
-        w2 = [tn((L, d, d), a / math.sqrt(d)) for a in alphas]
         self.w1 = nn.Parameter(torch.stack(w1))  # [K, L, d, d]
         self.w2 = nn.Parameter(torch.stack(w2))
         n_norm = L + (kind == "pre")
         self.ln_g = nn.Parameter(torch.ones(K, n_norm, 1, d))
         self.ln_b = nn.Parameter(torch.zeros(K, n_norm, 1, d))
-        self.w_out = nn.Parameter(tn((K, d, classes), 1 / math.sqrt(d)))
+        self.w_out = nn.Parameter(torch.stack(w_out))  # [K, d, classes]
         self.b_out = nn.Parameter(torch.zeros(K, 1, classes))
 
     def _ln(self, h: torch.Tensor, i: int) -> torch.Tensor:
         return F.layer_norm(h, (self.d,)) * self.ln_g[:, i] + self.ln_b[:, i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor("x", x, 2)
+        check_tensor("x", x, floating=True)
+        if x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[0] != self.K):
+            raise ValueError(f"x must be [B, din] or [K={self.K}, B, din], got shape {tuple(x.shape)}")
         h = torch.matmul(x, self.w_in) + self.b_in  # [K, B, d]
         for i in range(self.L):
             if self.kind == "post":
@@ -701,46 +716,78 @@ class WarmupGridConfig:
 
 
 def train_warmup_grid(runs: Sequence[WarmupRun], cfg: WarmupGridConfig = WarmupGridConfig(),
-                      return_drift: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    r"""Train every run of `runs` on the same stream of teacher batches; returns losses ``[len(runs), steps]``
-    (and, if `return_drift`, the relative weight change of every block ``[len(runs), L]``:
-    ``sqrt(|ΔW1|² + |ΔW2|²) / sqrt(|W1|² + |W2|²)`` between init and the end of training).
+                      return_drift: bool = False, early_steps: int = 0):
+    r"""Train every run of `runs`; returns losses ``[len(runs), S]`` (``S = cfg.steps``, fewer with BOOK_SMOKE).
+
+    Run ``r`` starts from the init of seed ``cfg.seed + r.seed`` and sees that seed's stream of teacher
+    batches, so runs that differ only in kind / alpha / lr / warmup are paired. With `return_drift` also the
+    relative weight change of every block at the end, ``[len(runs), L]``:
+    ``sqrt(|ΔW1|² + |ΔW2|²) / sqrt(|W1|² + |W2|²)``; with ``early_steps = E > 0`` also the same drift after
+    each of the first E updates, ``[len(runs), E, L]`` (which blocks move first). Returns ``losses``,
+    ``(losses, drift)`` or ``(losses, drift, early)``.
 
     Runs of one kind are trained together as a `BatchedResidualMLP` with `BatchedAdam` (identical to
-    separate ``torch.optim.Adam`` runs, see the tests). lr of update t: ``linear_warmup(t, W, lr)``.
-    A run that diverges gives NaN from then on, without touching the others.
+    separate ``torch.optim.Adam`` runs, see the tests) through ``lib.train.fit``. lr of update t:
+    ``linear_warmup(t, W, lr)``. A run that diverges gives NaN from then on, without touching the others.
     """
+    from lib.train import fit
+
     if not runs or not all(isinstance(r, WarmupRun) for r in runs):
         raise TypeError(f"runs must be a non-empty sequence of WarmupRun, got {runs!r}")
     if not isinstance(cfg, WarmupGridConfig):
         raise TypeError(f"cfg must be a WarmupGridConfig, got {type(cfg).__name__}")
+    check_positive("early_steps", early_steps, integer=True, allow_zero=True)
     out = np.full((len(runs), cfg.steps), np.nan)
     drift = np.full((len(runs), cfg.L), np.nan)
+    early = np.full((len(runs), early_steps, cfg.L), np.nan)
     sample = cfg.task.sampler()
+    done = cfg.steps
     for kind in ("post", "pre"):
         idx = [i for i, r in enumerate(runs) if r.kind == kind]
         if not idx:
             continue
-        g = torch.Generator().manual_seed(cfg.seed)
+        seeds = [cfg.seed + runs[i].seed for i in idx]
+        distinct = sorted(set(seeds))
+        which = torch.tensor([distinct.index(s) for s in seeds])
         model = BatchedResidualMLP(len(idx), cfg.task.din, cfg.d, cfg.L, cfg.task.classes, kind,
-                                   [runs[i].alpha for i in idx], g)
+                                   [runs[i].alpha for i in idx], seeds=seeds)
         opt = BatchedAdam(model.parameters())
         w1_0, w2_0 = model.w1.detach().clone(), model.w2.detach().clone()
-        data_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        for t in range(cfg.steps):
-            x, y = sample(cfg.batch, data_gen)
+        size = w1_0.pow(2).sum((2, 3)) + w2_0.pow(2).sum((2, 3))  # [K, L]
+        data_gens = [torch.Generator().manual_seed(s + 10_000) for s in distinct]
+        alive = torch.ones(len(idx), dtype=torch.bool)
+        t_box = [0]
+
+        def block_drift() -> np.ndarray:
+            with torch.no_grad():
+                moved = (model.w1 - w1_0).pow(2).sum((2, 3)) + (model.w2 - w2_0).pow(2).sum((2, 3))
+                return (moved / size).sqrt().numpy()
+
+        def step(_batch: int) -> float:
+            t = t_box[0]
+            xs, ys = zip(*(sample(cfg.batch, g) for g in data_gens))
+            x, y = torch.stack(xs)[which], torch.stack(ys)[which]    # [K, B, din], [K, B]
             logits = model(x)  # [K, B, C]
-            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(len(idx)),
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                      reduction="none").view(len(idx), -1).mean(1)
+            alive.logical_and_(torch.isfinite(losses.detach()))
             model.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            lr = torch.tensor([linear_warmup(t, runs[i].warmup, runs[i].lr) for i in idx])
+            torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+            lr = torch.tensor([linear_warmup(t, runs[i].warmup, runs[i].lr) for i in idx]) * alive
             opt.step(lr)
-            out[idx, t] = losses.detach().numpy()
-        with torch.no_grad():
-            moved = (model.w1 - w1_0).pow(2).sum((2, 3)) + (model.w2 - w2_0).pow(2).sum((2, 3))  # [K, L]
-            size = w1_0.pow(2).sum((2, 3)) + w2_0.pow(2).sum((2, 3))
-            drift[idx] = (moved / size).sqrt().numpy()
+            out[idx, t] = torch.where(alive, losses.detach(), torch.full_like(losses, float("nan"))).numpy()
+            if t < early_steps:
+                early[idx, t] = block_drift()
+            t_box[0] = t + 1
+            finite = losses.detach()[alive]
+            return float(finite.mean()) if len(finite) else 0.0
+
+        fit(step, lambda epoch: range(cfg.steps), 1, desc=f"warmup grid ({kind})")
+        done = min(done, t_box[0])
+        drift[idx] = block_drift()
+    out = out[:, :done]
+    if early_steps:
+        return out, drift, early[:, :done]
     return (out, drift) if return_drift else out
 
 
@@ -815,24 +862,35 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, p: float = 0.15,
 
 
 class TinyMLM(nn.Module):
-    r"""Post-LN Transformer MLM with tied embeddings (C1). Vocabulary `V` plus a [MASK] id ``V``.
+    r"""Post-LN Transformer MLM (C1). Vocabulary `V` plus a [MASK] id ``V``.
 
     ``h = Encoder(LN(E[x] + P))``; head (if `head`): ``u = LN(GELU(h W_d + b_d))`` else ``u = h``;
-    logits ``u Eᵀ + b_out`` on the masked positions only: ``[N_masked, V + 1]``. Init: BERT (TF, 0.02).
+    logits ``u Oᵀ + b_out`` on the masked positions only: ``[N_masked, V + 1]``, with ``O = E`` (`tied`, as
+    BERT) or a separate output matrix ``O [V + 1, d]`` (untied). Init: BERT (TF, 0.02) for E, P and O.
     """
 
     def __init__(self, V: int = 512, T: int = 32, L: int = 4, d: int = 64, heads: int = 4, ff: int = 256,
-                 std: float = BERT_STD, head: bool = True, generator: torch.Generator | None = None) -> None:
+                 std: float = BERT_STD, head: bool = True, generator: torch.Generator | None = None,
+                 tied: bool = True) -> None:
         super().__init__()
-        self.V, self.has_head = V, head
+        if not isinstance(tied, bool):
+            raise TypeError(f"tied must be a bool, got {type(tied).__name__}")
+        self.V, self.has_head, self.tied = V, head, tied
         self.tok = nn.Embedding(V + 1, d)
         self.pos = nn.Embedding(T, d)
         self.emb_norm = nn.LayerNorm(d)
         self.encoder = ResidualStack(StackConfig(d=d, L=L, heads=heads, ff=ff, kind="post"), generator)
         if head:
             self.head_dense, self.head_norm = nn.Linear(d, d), nn.LayerNorm(d)
+        if not tied:
+            self.out_emb = nn.Embedding(V + 1, d)  # an Embedding so that bert_init_ draws it like E
         self.out_bias = nn.Parameter(torch.zeros(V + 1))
         bert_init_(self, std, "tf", generator)
+
+    @property
+    def output_matrix(self) -> torch.Tensor:
+        """``O [V + 1, d]``: the token embeddings when tied, else the separate output matrix."""
+        return self.tok.weight if self.tied else self.out_emb.weight
 
     @property
     def mask_id(self) -> int:
@@ -849,7 +907,7 @@ class TinyMLM(nn.Module):
         h = self.encoder(self.emb_norm(self.tok(inputs) + self.pos(pos)))[masked]  # [N, d]
         if self.has_head:
             h = self.head_norm(F.gelu(self.head_dense(h)))
-        return h @ self.tok.weight.T + self.out_bias
+        return h @ self.output_matrix.T + self.out_bias
 
     def loss(self, tokens: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.15) -> torch.Tensor:
         """MLM cross-entropy on the masked positions of ``tokens [B, T]``."""
@@ -884,28 +942,36 @@ class MLMConfig:
     seed: int = 0
 
 
-def train_tiny_mlm(cfg: MLMConfig, head: bool) -> dict:
-    """Train `TinyMLM` with Adam + linear warmup on the Markov corpus; returns a dict with ``losses [steps]``,
-    ``gains`` (LayerNorm name -> mean |γ|, in order), ``gains_init`` and the embedding std before / after."""
+def train_tiny_mlm(cfg: MLMConfig, head: bool, tied: bool = True) -> dict:
+    """Train `TinyMLM` with Adam + linear warmup on the Markov corpus (through ``lib.train.fit``); returns a
+    dict with ``losses [steps]``, ``gains`` (LayerNorm name -> mean |γ|, in order), ``gains_init``, the
+    embedding std before / after and (untied) the output matrix's std before / after."""
+    from lib.train import fit
+
     if not isinstance(cfg, MLMConfig):
         raise TypeError(f"cfg must be an MLMConfig, got {type(cfg).__name__}")
     g = torch.Generator().manual_seed(cfg.seed)
     corpus = make_markov_corpus(cfg.V, cfg.T, cfg.corpus, cfg.seed)
-    model = TinyMLM(cfg.V, cfg.T, cfg.L, cfg.d, cfg.heads, cfg.ff, head=head, generator=g)
+    model = TinyMLM(cfg.V, cfg.T, cfg.L, cfg.d, cfg.heads, cfg.ff, head=head, generator=g, tied=tied)
     gains_init, emb0 = layernorm_gains(model), float(model.tok.weight.detach()[: cfg.V].std())
+    out0 = float(model.output_matrix.detach()[: cfg.V].std())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: linear_warmup(t, cfg.warmup, 1.0))
-    losses = []
-    for _ in range(cfg.steps):
-        idx = torch.randint(cfg.corpus, (cfg.batch,), generator=g)
+
+    def step(idx: torch.Tensor) -> float:
         loss = model.loss(corpus[idx], g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
-    return {"losses": np.asarray(losses), "gains": layernorm_gains(model), "gains_init": gains_init,
-            "emb_std_init": emb0, "emb_std": float(model.tok.weight.detach()[: cfg.V].std()), "config": asdict(cfg)}
+        return loss.item()
+
+    batches = lambda epoch: (torch.randint(cfg.corpus, (cfg.batch,), generator=g) for _ in range(cfg.steps))  # noqa: E731
+    history = fit(step, batches, 1, desc="tiny MLM")
+    return {"losses": np.asarray(history.losses), "gains": layernorm_gains(model), "gains_init": gains_init,
+            "emb_std_init": emb0, "emb_std": float(model.tok.weight.detach()[: cfg.V].std()),
+            "out_std_init": out0, "out_std": float(model.output_matrix.detach()[: cfg.V].std()),
+            "tied": tied, "config": asdict(cfg)}
 
 
 _BERT_KINDS = [  # (regex on the parameter name, kind)

@@ -439,3 +439,121 @@ def test_errors_name_the_argument() -> None:
         gn.gradient_penalty(D, points(0, n=4), points(0, n=5))
     with pytest.raises(TypeError, match="D must be a callable"):
         gn.critic_grad(3, points(0))
+
+
+# ----------------------------------------------------------------------------- a user's mistakes (contents)
+def test_class_coverage_of_no_samples_raises_instead_of_covering_everything() -> None:
+    with pytest.raises(ValueError, match="N ≥ 1"):
+        gn.class_coverage(np.zeros((0, 10)))
+    with pytest.raises(ValueError, match="N ≥ 1"):
+        gn.classifier_score(np.zeros((0, 10)))
+
+
+def test_class_coverage_rejects_logits_passed_as_probabilities() -> None:
+    logits = np.random.default_rng(0).normal(size=(20, 10)) * 5
+    with pytest.raises(ValueError, match="not logits"):
+        gn.class_coverage(logits)
+    with pytest.raises(ValueError, match="finite"):
+        gn.classifier_score(np.full((3, 10), np.nan))
+
+
+def test_sliced_w1_rejects_zero_projections_and_nan_samples() -> None:
+    a = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="n_proj must be"):
+        gn.sliced_w1(a, a, n_proj=0)
+    bad = a.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="b must be finite"):
+        gn.sliced_w1(a, bad)
+    with pytest.raises(ValueError, match="finite"):
+        gn.mode_stats(bad, gn.mixture_centers("ring"))
+
+
+def test_negative_gp_lambda_and_fractional_mode_count_are_refused() -> None:
+    with pytest.raises(ValueError, match="gp_lambda must be"):
+        gn.GANConfig(critic="gp", gp_lambda=-10.0)
+    with pytest.raises(ValueError, match="gp_lambda must be"):
+        gn.Member("gp", gp_lambda=-1.0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        gn.mixture_centers("ring", k=2.5)
+    with pytest.raises(ValueError, match="finite"):
+        gn.frechet_distance(np.array([np.nan]), np.eye(1), np.zeros(1), np.eye(1))
+
+
+# ----------------------------------------------------------------------------- ensembles and memory
+def test_masked_adam_equals_torch_adam_and_skipping_is_not_stepping() -> None:
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(2, 3, 4))
+    twins = [nn.Parameter(w.detach()[k].clone()) for k in range(2)]
+    opt = gn.MaskedAdam([w], 2, betas=(0.5, 0.9))
+    ref = [torch.optim.Adam([t], lr=lr, betas=(0.5, 0.9)) for t, lr in zip(twins, (1e-2, 3e-3))]
+    for step in range(6):
+        target = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(step))
+        active = torch.tensor([True, step % 2 == 0])  # member 1 sits out every other step
+        w.grad = 2 * (w.detach() - target)
+        opt.step(torch.tensor([1e-2, 3e-3]), active)
+        for k in range(2):
+            if active[k]:
+                twins[k].grad = 2 * (twins[k].detach() - target[k])
+                ref[k].step()
+    for k in range(2):
+        torch.testing.assert_close(w.detach()[k], twins[k].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_batched_mlp_members_are_independent_and_spectral_norm_is_the_top_singular_value() -> None:
+    net = gn.BatchedMLP(3, 1, 8, 2, seeds=[0, 1, 0], spectral=[False, True, False])
+    x = torch.randn(3, 5, 3)
+    y = net(x)
+    torch.testing.assert_close(y[0], y[2] * 0 + net.member(0)(x[:1])[0])
+    torch.testing.assert_close(net.member(2)(x[:1])[0], net.member(0)(x[:1])[0])  # same seed, same init
+    for _ in range(200):
+        with torch.no_grad():
+            for i in range(3):
+                net._power_iteration(i)
+    for i, W in enumerate(net.weights):
+        torch.testing.assert_close(net.sigma(i)[1], torch.linalg.matrix_norm(W[1].detach(), ord=2), rtol=1e-4, atol=1e-6)
+    # spectral-normalized member: every layer's effective weight has spectral norm 1, so the net is 1-Lipschitz
+    ratios = gn.lipschitz_audit(lambda z: net.member(1).eval()(z.unsqueeze(0))[0, :, 0], torch.randn(200, 3), radius=1e-2)
+    assert ratios.max() <= 1 + 1e-4
+
+
+def test_ensemble_scores_match_the_single_critic_formulas() -> None:
+    net = gn.BatchedMLP(2, 1, 16, 2, seeds=[3, 4]).double()
+    x = points(5, n=32).unsqueeze(0).expand(4, -1, -1)
+    kinds = ["gn", "gran", "gn_raw", "inner"]
+    four = gn.BatchedMLP(2, 1, 16, 2, seeds=[3, 3, 3, 3]).double()
+    cfg = gn.EnsembleConfig()
+    got = gn.ensemble_scores(four, x, kinds, cfg, create_graph=False)
+    single = lambda z: four.member(0)(z.unsqueeze(0))[0]  # noqa: E731
+    want = [gn.gn_iccv(single, x[0], create_graph=False), gn.gran(single, x[0], eps=cfg.gran_eps, create_graph=False),
+            gn.gn_raw(single, x[0], eps=cfg.gran_eps, create_graph=False), gn.gn_inner(single, x[0], create_graph=False)]
+    for k in range(4):
+        torch.testing.assert_close(got[k], want[k].detach())
+    assert net.K == 2
+
+
+def test_a_member_trains_the_same_alone_or_inside_an_ensemble() -> None:
+    cfg = gn.EnsembleConfig(steps=4, log_every=2, batch=16, n_eval=64, landscape=6, g_width=16, d_width=16)
+    me = gn.Member("gn", lr=1e-3, n_dis=2, seed=1)
+    alone = gn.train_gan_ensemble([me], cfg)["members"][0]
+    crowd = gn.train_gan_ensemble([gn.Member("gp", lr=2e-4, n_dis=2, seed=1), me, gn.Member("sn", n_dis=1, seed=2),
+                                   gn.Member("gn", lr=1e-3, n_dis=2, seed=3)], cfg)["members"]
+    np.testing.assert_allclose(crowd[1]["snapshots"][-1]["samples"], alone["snapshots"][-1]["samples"], rtol=1e-5, atol=1e-6)
+    assert [h["step"] for h in alone["history"]] == [0, 2, 4]
+    assert alone["snapshots"][-1]["landscape"].shape == (6, 6)
+    fn = gn.ensemble_critic_fn(alone, cfg)
+    t = torch.linspace(-cfg.extent, cfg.extent, 6)
+    xy = torch.stack(torch.meshgrid(t, t, indexing="xy"), -1).reshape(-1, 2)
+    np.testing.assert_allclose(fn(xy).reshape(6, 6).numpy(), alone["snapshots"][-1]["landscape"], rtol=1e-5, atol=1e-6)
+
+
+def test_peak_bytes_sees_what_is_alive_at_once() -> None:
+    def two_live_then_one():
+        a = torch.empty(1000, 1000)      # 4 MB
+        b = torch.zeros(500, 1000)       # 2 MB, both alive: peak 6 MB
+        del a
+        c = torch.empty(250, 1000)       # 1 MB after a was freed
+        return b, c
+    assert gn.peak_bytes(two_live_then_one) == 6_000_000
+    cost = gn.step_peak_bytes(gn.GANConfig(critic="gn", batch=16, g_width=8, d_width=8))
+    assert set(cost) == {"d_peak", "g_peak"} and min(cost.values()) > 0

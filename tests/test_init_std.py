@@ -276,38 +276,57 @@ def test_linear_warmup_matches_transformers_schedules(total):
 # ---------------------------------------------------------------- D3: batched trainer vs torch.optim twin
 
 def test_batched_warmup_grid_equals_separate_torch_adam_runs():
-    runs = [I.WarmupRun("post", 1.0, 3e-3, 0), I.WarmupRun("post", 0.5, 1e-3, 3), I.WarmupRun("pre", 1.0, 2e-3, 2)]
+    runs = [I.WarmupRun("post", 1.0, 3e-3, 0), I.WarmupRun("post", 0.5, 1e-3, 3, seed=1),
+            I.WarmupRun("pre", 1.0, 2e-3, 2), I.WarmupRun("pre", 1.0, 2e-3, 2, seed=2)]
     cfg = I.WarmupGridConfig(d=16, L=3, steps=6, batch=8, seed=0)
-    grid, drift = I.train_warmup_grid(runs, cfg, return_drift=True)
+    grid, drift, early = I.train_warmup_grid(runs, cfg, early_steps=4)
     np.testing.assert_array_equal(grid, I.train_warmup_grid(runs, cfg))  # deterministic, same with/without drift
-    assert drift.shape == (3, cfg.L)
+    assert drift.shape == (4, cfg.L) and early.shape == (4, 4, cfg.L)
     sample = cfg.task.sampler()
-    for kind in ("post", "pre"):
-        idx = [i for i, r in enumerate(runs) if r.kind == kind]
-        batched = I.BatchedResidualMLP(len(idx), cfg.task.din, cfg.d, cfg.L, cfg.task.classes, kind,
-                                       [runs[i].alpha for i in idx], torch.Generator().manual_seed(cfg.seed))
-        twins = [batched.member(k).double() for k in range(len(idx))]
-        opts = [torch.optim.Adam(m.parameters(), lr=runs[i].lr) for m, i in zip(twins, idx)]
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t, w=runs[i].warmup: I.linear_warmup(t, w, 1.0))
-                  for o, i in zip(opts, idx)]
-        data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    for i, r in enumerate(runs):  # the brute-force twin: one torch.optim.Adam run per grid cell, its own seed
+        seed = cfg.seed + r.seed
+        batched = I.BatchedResidualMLP(1, cfg.task.din, cfg.d, cfg.L, cfg.task.classes, r.kind, [r.alpha], seeds=[seed])
+        m, w0 = batched.member(0).double(), batched.member(0)
+        o = torch.optim.Adam(m.parameters(), lr=r.lr)
+        sch = torch.optim.lr_scheduler.LambdaLR(o, lambda t, w=r.warmup: I.linear_warmup(t, w, 1.0))
+        data_gen = torch.Generator().manual_seed(seed + 10_000)
+
+        def block_drift(b):
+            moved = (m.w1[b].weight - w0.w1[b].weight.double()).pow(2).sum() + (m.w2[b].weight - w0.w2[b].weight.double()).pow(2).sum()
+            size = w0.w1[b].weight.pow(2).sum() + w0.w2[b].weight.pow(2).sum()
+            return (moved / size).sqrt().item()
+
         for t in range(cfg.steps):
             x, y = sample(cfg.batch, data_gen)
-            for k, (m, o, s) in enumerate(zip(twins, opts, scheds)):
-                loss = F.cross_entropy(m(x.double()), y)
-                o.zero_grad()
-                loss.backward()
-                o.step()
-                s.step()
-                assert grid[idx[k], t] == pytest.approx(loss.item(), rel=1e-4), (kind, k, t)
-        fresh = I.BatchedResidualMLP(len(idx), cfg.task.din, cfg.d, cfg.L, cfg.task.classes, kind,
-                                     [runs[i].alpha for i in idx], torch.Generator().manual_seed(cfg.seed))
-        for k, m in enumerate(twins):
-            w0 = fresh.member(k)
-            for b in range(cfg.L):
-                moved = (m.w1[b].weight - w0.w1[b].weight.double()).pow(2).sum() + (m.w2[b].weight - w0.w2[b].weight.double()).pow(2).sum()
-                size = w0.w1[b].weight.pow(2).sum() + w0.w2[b].weight.pow(2).sum()
-                assert drift[idx[k], b] == pytest.approx((moved / size).sqrt().item(), rel=1e-3)
+            loss = F.cross_entropy(m(x.double()), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            sch.step()
+            assert grid[i, t] == pytest.approx(loss.item(), rel=1e-4), (i, t)
+            if t < 4:
+                assert early[i, t] == pytest.approx([block_drift(b) for b in range(cfg.L)], rel=1e-3), (i, t)
+        assert drift[i] == pytest.approx([block_drift(b) for b in range(cfg.L)], rel=1e-3)
+
+
+def test_runs_with_the_same_seed_share_init_and_batches():
+    a, b = I.WarmupRun("post", 1.0, 1e-3, 0, seed=5), I.WarmupRun("post", 1.0, 1e-3, 0, seed=5)
+    grid = I.train_warmup_grid([a, b, I.WarmupRun("post", 1.0, 1e-3, 0, seed=6)], I.WarmupGridConfig(d=8, L=2, steps=3, batch=4))
+    np.testing.assert_array_equal(grid[0], grid[1])
+    assert not np.array_equal(grid[0], grid[2])
+
+
+def test_untied_mlm_has_its_own_output_matrix():
+    tied = I.TinyMLM(V=16, T=8, L=1, d=8, heads=2, ff=16, generator=torch.Generator().manual_seed(0))
+    untied = I.TinyMLM(V=16, T=8, L=1, d=8, heads=2, ff=16, generator=torch.Generator().manual_seed(0), tied=False)
+    assert tied.output_matrix is tied.tok.weight
+    assert untied.output_matrix is untied.out_emb.weight and untied.output_matrix is not untied.tok.weight
+    tokens = I.make_markov_corpus(16, 8, 4, seed=0)
+    untied.loss(tokens, torch.Generator().manual_seed(0)).backward()
+    # input side: only the looked-up rows (and [MASK]) get a gradient; the output matrix gets a dense one
+    rows = (untied.tok.weight.grad.abs().sum(1) > 0)
+    assert rows.sum() <= len(tokens.unique()) + 1
+    assert (untied.out_emb.weight.grad.abs().sum(1) > 0).all()
 
 
 def test_smooth_is_moving_average():
@@ -398,6 +417,10 @@ def test_bert_sublayer_ratio_ffn_matches_b5_at_init():
 @pytest.mark.parametrize("call, exc, words", [
     (lambda: I.trunc_normal_variance_factor(-1.0), ValueError, "a must be"),
     (lambda: I.tf_truncated_normal_([1.0], 0.02), TypeError, "tensor must be"),
+    (lambda: I.tf_truncated_normal_(torch.zeros(3, dtype=torch.long), 0.02), TypeError, "floating-point"),
+    (lambda: I.WarmupRun(seed=-1), ValueError, "seed must be"),
+    (lambda: I.train_warmup_grid([I.WarmupRun()], I.WarmupGridConfig(d=8, L=1, steps=2), early_steps=-1), ValueError, "early_steps"),
+    (lambda: I.TinyMLM(V=8, T=4, L=1, d=8, heads=2, ff=8, tied="no"), TypeError, "tied must be"),
     (lambda: I.bert_init_(torch.nn.Linear(2, 2), 0.02, "jax"), ValueError, "semantics must be"),
     (lambda: I.bert_init_("model"), TypeError, "module must be"),
     (lambda: I.StackConfig(kind="mid"), ValueError, "kind must be"),
