@@ -28,6 +28,7 @@ MAX_COMBINATIONS = 200
 VERDICT_COLOURS = {"reproduced": "#d8f0d8", "partly": "#fbeec2", "not reproduced": "#f6d3d3",
                    "inconclusive": "#e4e4f4", "mechanism only": "#eeeeee"}
 RESULTS_DIR_NAME = "results"  # _build/results/<chapter>.json, read by the scoreboard
+RESULTS_KEY = "kexue_book_results"  # the same payload, kept in the output's metadata (survives the cache)
 
 
 def in_book_build() -> bool:
@@ -41,6 +42,9 @@ def setup() -> None:
         "figure.figsize": (7.0, 3.6), "figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
         "savefig.bbox": "tight",
+        # figures fit the text column (<= 7.5 in) and every label stays readable (>= 8 pt)
+        "font.size": 10, "axes.labelsize": 10, "axes.titlesize": 10, "xtick.labelsize": 9,
+        "ytick.labelsize": 9, "legend.fontsize": 9,
     })
     pd.set_option("display.precision", 4)
     pd.set_option("display.max_colwidth", 120)
@@ -242,6 +246,18 @@ def results_dir():
     return Path(os.environ.get("BOOK_RESULTS_DIR") or REPO_ROOT / "_build" / RESULTS_DIR_NAME)
 
 
+def write_results(payload: Mapping[str, Any], folder=None):
+    """Write one chapter's payload ``{chapter, rows, metrics}`` to ``<folder>/<chapter>.json``
+    (default :func:`results_dir`) and return the path."""
+    from pathlib import Path
+
+    folder = Path(folder) if folder is not None else results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{payload['chapter']}.json"
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
 def _jsonable(value: Any) -> Any:
     import math
 
@@ -288,16 +304,35 @@ def post_vs_book(rows: Sequence[Mapping[str, Any]], *, chapter: str | None = Non
         for name in metrics:
             if not isinstance(name, str) or not name.replace("_", "").isalnum():
                 raise ValueError(f"metrics: names must be identifiers like 'webnlg_test_f1', got {name!r}")
-        folder = results_dir()
-        folder.mkdir(parents=True, exist_ok=True)
         payload = {"chapter": chapter, "rows": records, "metrics": {k: _jsonable(v) for k, v in metrics.items()}}
-        (folder / f"{chapter}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+        write_results(payload)
         for name, value in metrics.items():
             print(f"{name} = {_fmt(value)}")
     frame = pd.DataFrame(frame_rows)
-    return (frame.style.hide(axis="index")
-            .map(lambda v: f"background-color: {VERDICT_COLOURS[v]}", subset=["verdict"])
-            .set_properties(**{"text-align": "left", "white-space": "normal"}))
+    styled = (frame.style.hide(axis="index")
+              .map(lambda v: f"background-color: {VERDICT_COLOURS[v]}", subset=["verdict"])
+              .set_properties(**{"text-align": "left", "white-space": "normal"}))
+    return styled if chapter is None else ResultsTable(styled, payload)
+
+
+class ResultsTable:
+    """The styled table of :func:`post_vs_book` plus the chapter's results payload.
+
+    Displayed, it is a mime bundle ``text/html`` (the table the reader sees) whose output metadata holds the
+    payload under :data:`RESULTS_KEY`. The payload therefore lives in the executed notebook's outputs, so the execution
+    cache keeps it and the scoreboard (:mod:`lib.scoreboard`) can rebuild the results file of a chapter
+    that was restored from the cache rather than re-run. Anything else is delegated to the pandas Styler."""
+
+    def __init__(self, styler, payload: dict):
+        self.styler = styler
+        self.payload = payload
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return ({"text/html": self.styler.to_html(), "text/plain": self.styler.data.to_string(index=False)},
+                {RESULTS_KEY: self.payload})
+
+    def __getattr__(self, name):
+        return getattr(self.styler, name)
 
 
 def show_source(obj: Any):

@@ -3,18 +3,27 @@
 Checks per page: no console errors or page errors; every image loads; math is typeset by the offline
 MathJax; every plotly figure is drawn; every static explorable responds to its slider (the frame key and
 the drawn figure change) without a kernel. Run after `make book` (the Makefile's test-browser does).
+
+Checks on the built HTML (no browser needed, but the build is): no raw TeX or markdown pipe table left in a
+page's prose (:func:`book_pages.raw_markup_problems`, whose fixture tests are in test_book_text.py); every
+chapter's results file exists, parses and agrees with the closing table rendered in that chapter; the
+scoreboard lists every claim of every chapter with its verdict and a link back.
 """
 import functools
 import http.server
+import json
 import threading
 from pathlib import Path
 
 import pytest
 
-from book_pages import REPO, toc_files
+from book_pages import REPO, notebooks, raw_markup_problems, rendered_tables, toc_files
 
 pytestmark = pytest.mark.browser
 HTML = REPO / "_build" / "html"
+RESULTS = REPO / "_build" / "results"
+CHAPTERS = [f"book/{p.stem}" for p in notebooks()]
+TABLE_HEADER = ["claim", "post", "this book", "verdict", "test", "note"]
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -102,3 +111,52 @@ def check_explorable_responds(page, index):
                            timeout=10000)
     page.wait_for_timeout(300)
     assert root.evaluate(snapshot) != before, f"explorable {index} did not redraw after its slider moved"
+
+
+def built_page(doc: str) -> str:
+    path = HTML / f"{doc}.html"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make book` first (make test does)")
+    return path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("doc", toc_files())
+def test_page_prose_has_no_raw_tex_or_pipe_tables(doc):
+    problems = raw_markup_problems(built_page(doc))
+    assert not problems, f"{doc}: text a reader sees unrendered:\n" + "\n".join(problems)
+
+
+def results_of(doc: str) -> dict:
+    chapter = doc.split("/")[-1]
+    path = RESULTS / f"{chapter}.json"
+    assert path.exists(), (f"{path} missing: the chapter's closing table must be "
+                           f"viz.post_vs_book(rows, chapter={chapter!r}, metrics=...)")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    assert payload["chapter"] == chapter and payload["rows"], path
+    return payload
+
+
+@pytest.mark.parametrize("doc", CHAPTERS)
+def test_results_file_agrees_with_the_chapter_table(doc):
+    from lib.verdicts import VERDICTS
+
+    payload = results_of(doc)
+    tables = [t for t in rendered_tables(built_page(doc)) if t and t[0] == TABLE_HEADER]
+    assert len(tables) == 1, f"{doc}: expected one closing table with columns {TABLE_HEADER}, found {len(tables)}"
+    shown = tables[0][1:]
+    expected = [[" ".join(str(r[k]).split()) for k in ("claim", "post", "book", "verdict", "test", "note")]
+                for r in payload["rows"]]
+    assert shown == expected, f"{doc}: the results file and the rendered table differ"
+    assert all(r["verdict"] in VERDICTS and r["test"] for r in payload["rows"]), \
+        f"{doc}: every row needs a verdict from lib.verdicts and the test that decided it"
+    assert all(isinstance(k, str) for k in payload["metrics"]), doc
+
+
+def test_scoreboard_lists_every_claim_with_its_verdict():
+    html = built_page("book/scoreboard")
+    tables = [t for t in rendered_tables(html) if t and t[0] == ["claim", "verdict", "this book", "test"]]
+    listed = [row[:2] for t in tables for row in t[1:]]
+    expected = [[" ".join(r["claim"].split()), r["verdict"]] for doc in CHAPTERS for r in results_of(doc)["rows"]]
+    assert listed == expected
+    for doc in CHAPTERS:
+        assert f'href="{doc.split("/")[-1]}.html"' in html, f"the scoreboard does not link back to {doc}"

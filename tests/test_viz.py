@@ -81,3 +81,46 @@ def test_post_vs_book_writes_the_results_file(tmp_path, monkeypatch, capsys):
     assert "demo_f1 = 0.25" in capsys.readouterr().out
     with pytest.raises(ValueError, match="metrics"):
         viz.post_vs_book(rows, chapter="99_demo", metrics={"bad name": 1})
+
+
+def test_results_payload_travels_in_the_output_metadata(tmp_path, monkeypatch):
+    """The displayed table carries the payload, so a notebook restored from the execution cache still
+    yields its results file (lib.scoreboard.regenerate), and the file equals the one written in the run."""
+    import nbformat
+
+    from lib import scoreboard
+
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path / "direct"))
+    rows = [{"claim": "c", "post": 1.0, "book": 0.5, "verdict": "partly", "test": "paired t", "note": "n"}]
+    table = viz.post_vs_book(rows, chapter="99_demo", metrics={"demo_f1": 0.25})
+    data, metadata = table._repr_mimebundle_()
+    assert "0.5" in data["text/html"] and "partly" in table.to_html()
+    output = nbformat.v4.new_output("execute_result", data=data, metadata=metadata, execution_count=1)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("table", outputs=[output])])
+    executed = tmp_path / "jupyter_execute" / "book"
+    executed.mkdir(parents=True)
+    nbformat.write(nbformat.from_dict(json.loads(nbformat.writes(notebook))), str(executed / "99_demo.ipynb"))
+    found = scoreboard.regenerate(tmp_path / "jupyter_execute", tmp_path / "results", ["book/99_demo", "book/98_x"])
+    assert list(found) == ["book/99_demo"]
+    assert json.loads((tmp_path / "results" / "99_demo.json").read_text()) == \
+        json.loads((tmp_path / "direct" / "99_demo.json").read_text())
+    assert scoreboard.payload_from_notebook(nbformat.v4.new_notebook()) is None
+
+
+def test_scoreboard_table_has_a_row_per_claim():
+    from lib import scoreboard
+
+    rows = [{"claim": f"c{i}", "post": "1", "book": "2", "verdict": v, "test": "t", "note": ""}
+            for i, v in enumerate(["reproduced", "not reproduced"])]
+    table = scoreboard._table(rows)
+    body = [r for r in table.findall(lambda n: n.tagname == "row")][1:]
+    assert [[e.astext() for e in r.children][:2] for r in body] == [["c0", "reproduced"], ["c1", "not reproduced"]]
+
+
+def test_default_figures_fit_the_column():
+    viz.setup()
+    import matplotlib
+
+    assert matplotlib.rcParams["figure.figsize"][0] <= 7.5
+    assert min(matplotlib.rcParams[k] for k in ("font.size", "xtick.labelsize", "ytick.labelsize",
+                                                 "legend.fontsize", "axes.labelsize")) >= 8
