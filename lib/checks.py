@@ -88,9 +88,12 @@ def check_index_range(name: str, ids: Any, low: int, high: int) -> Any:
     return ids
 
 
-def check_probabilities(name: str, value: Any, *, dim: int | None = -1, atol: float = 1e-4) -> Any:
+def check_probabilities(name: str, value: Any, *, dim: int | None = -1, atol: float | None = None) -> Any:
     """Return `value` if its entries are finite probabilities in [0, 1] and, with `dim` (default the last),
     every slice along `dim` sums to 1 within `atol` (fp32 accumulation); ``dim=None`` checks entries only.
+
+    Default `atol`: ``max(1e-4, 8 * eps(dtype))``. Each stored probability carries a relative rounding error
+    of a few eps, so the sum of a slice is off by a few eps whatever its length (fp16: 7.8e-3, bf16: 0.0625).
     Raises ValueError saying what was given (e.g. logits instead of probabilities)."""
     tensor = _as_tensor(name, value)
     if not tensor.is_floating_point():
@@ -103,6 +106,7 @@ def check_probabilities(name: str, value: Any, *, dim: int | None = -1, atol: fl
         raise ValueError(f"{name} must be probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}] "
                          "(logits? apply softmax/sigmoid first)")
     if dim is not None:
+        atol = max(1e-4, 8 * torch.finfo(tensor.dtype).eps) if atol is None else atol
         sums = tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32).sum(dim=dim)
         worst = float((sums - 1).abs().max())
         if worst > atol:

@@ -1,6 +1,8 @@
 """lib.data: every registered file is found and verified; corruption and absence give clear errors;
 the download recipes rebuild byte-identical files from a local mirror of the sources (file:// URLs)."""
 import gzip
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,98 @@ def test_duee_recipe_combines_both_sources(tmp_path, monkeypatch):
     mirror(monkeypatch, tmp_path, url_map)
     folder = data.download("duee1.0", tmp_path)
     assert {f: (folder / f).read_bytes() for f in files} == files
+
+
+def _damaged_copy(tmp_path, monkeypatch, dataset, filename, damage):
+    """A copy of a data file, damaged by `damage(bytes) -> bytes`, served as if its checksum had passed
+    (a user who edited the registry's md5, or a future format change)."""
+    good = data.path(dataset, filename)
+    target = tmp_path / dataset / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(damage(good.read_bytes()))
+    monkeypatch.setattr(data, "path", lambda d, f: target if (d, f) == (dataset, filename) else good)
+    return target
+
+
+def test_invalid_json_line_names_data_set_file_and_line(tmp_path, monkeypatch):
+    def cut_line_3(payload):
+        lines = payload.split(b"\n")
+        lines[2] = lines[2][: len(lines[2]) // 2]
+        return b"\n".join(lines)
+
+    _damaged_copy(tmp_path, monkeypatch, "kgclue", "dev.json", cut_line_3)
+    with pytest.raises(data.DataFormatError, match=r"kgclue/dev.json .*line 3: invalid JSON"):
+        data.load_kgclue("dev")
+
+
+def test_bad_utf8_names_the_line(tmp_path, monkeypatch):
+    def bad_byte_on_line_5(payload):
+        lines = payload.split(b"\n")
+        lines[4] = b"\xff" + lines[4]
+        return b"\n".join(lines)
+
+    _damaged_copy(tmp_path, monkeypatch, "duee1.0", "dev.jsonl", bad_byte_on_line_5)
+    with pytest.raises(data.DataFormatError, match=r"duee1.0/dev.jsonl .*line 5: not valid UTF-8"):
+        data.load_duee("dev")
+
+
+def test_missing_field_names_the_line(tmp_path, monkeypatch):
+    def drop_answer_on_line_2(payload):
+        lines = payload.split(b"\n")
+        item = json.loads(lines[1])
+        del item["answer"]
+        lines[1] = json.dumps(item, ensure_ascii=False).encode()
+        return b"\n".join(lines)
+
+    _damaged_copy(tmp_path, monkeypatch, "kgclue", "dev.json", drop_answer_on_line_2)
+    with pytest.raises(data.DataFormatError, match=r"kgclue/dev.json .*line 2: cannot read KeyError: 'answer'"):
+        data.load_kgclue("dev")
+
+
+def test_senteval_row_with_a_missing_column_raises_instead_of_being_skipped(tmp_path, monkeypatch):
+    def drop_score_on_line_7(payload):
+        lines = payload.split(b"\n")
+        lines[6] = lines[6].rsplit(b"\t", 1)[0]
+        return b"\n".join(lines)
+
+    _damaged_copy(tmp_path, monkeypatch, "senteval-cn", "PAWSX.valid.tsv", drop_score_on_line_7)
+    with pytest.raises(data.DataFormatError, match=r"senteval-cn/PAWSX.valid.tsv .*line 7: .*3 tab-separated "
+                                                   r"columns, got 2"):
+        data.load_senteval_cn("PAWSX", "valid")
+
+
+def test_rte_unknown_label_names_the_line(tmp_path, monkeypatch):
+    _damaged_copy(tmp_path, monkeypatch, "glue-rte", "dev.tsv",
+                  lambda p: p.replace(b"not_entailment", b"contradiction", 1))
+    with pytest.raises(data.DataFormatError, match=r"glue-rte/dev.tsv .*line \d+: cannot read KeyError: "
+                                                   r"'contradiction'"):
+        data.load_glue_rte("dev")
+
+
+def test_webnlg_item_with_a_short_triple_names_the_item(tmp_path, monkeypatch):
+    def short_triple(payload):
+        items = json.loads(payload)
+        items[4]["triple_list"][0] = items[4]["triple_list"][0][:2]
+        return json.dumps(items).encode()
+
+    _damaged_copy(tmp_path, monkeypatch, "webnlg-casrel", "WebNLG/val_triples.json", short_triple)
+    with pytest.raises(data.DataFormatError, match=r"WebNLG/val_triples.json .*item 4: .*3 parts"):
+        data.load_webnlg("val")
+
+
+def test_a_file_damaged_in_place_with_size_and_mtime_restored_is_refused(tmp_path, monkeypatch):
+    good = data.path("glue-rte", "dev.tsv")
+    copy = tmp_path / "glue-rte" / "dev.tsv"
+    copy.parent.mkdir()
+    copy.write_bytes(good.read_bytes())
+    monkeypatch.setenv("BOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    assert data.path("glue-rte", "dev.tsv") == copy  # verified once, remembered for this process
+    stat = copy.stat()
+    payload = bytearray(copy.read_bytes())
+    payload[100] ^= 1  # one flipped bit, same size
+    copy.write_bytes(bytes(payload))
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime restored as well
+    assert copy.stat().st_size == stat.st_size and copy.stat().st_mtime_ns == stat.st_mtime_ns
+    with pytest.raises(data.DataError, match="corrupted"):
+        data.path("glue-rte", "dev.tsv")

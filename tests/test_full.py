@@ -1,0 +1,119 @@
+"""lib.full: FULL configs from one definition, recorded FULL runs shown only when their config matches,
+records written with their provenance, chapters found by number, failures summarized."""
+import json
+
+import pytest
+
+from lib import full, utils
+
+
+def build(pick):
+    return {"epochs": pick(3, 20), "train": pick(1000, 5019), "lr": 1e-3, "layers": [pick(1, 6)]}
+
+
+def test_configs_gives_the_full_config_in_a_fast_run(monkeypatch):
+    monkeypatch.setattr(utils, "FULL", False)
+    current, full_config = full.configs(build)
+    assert current == {"epochs": 3, "train": 1000, "lr": 1e-3, "layers": [1]}
+    assert full_config == {"epochs": 20, "train": 5019, "lr": 1e-3, "layers": [6]}
+    monkeypatch.setattr(utils, "FULL", True)
+    assert full.configs(build) == (full_config, full_config)
+    with pytest.raises(TypeError, match="build must be a function of pick"):
+        full.configs({"epochs": 3})
+
+
+def test_config_hash_ignores_key_order_and_sees_every_value():
+    a = {"epochs": 20, "lr": 1e-3}
+    assert full.config_hash(a) == full.config_hash({"lr": 1e-3, "epochs": 20})
+    assert full.config_hash(a) != full.config_hash({"epochs": 21, "lr": 1e-3})
+    with pytest.raises(TypeError, match="changes between runs"):
+        full.config_hash({"loss": lambda x: x})
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch):
+    monkeypatch.setattr(full, "RECORDS_DIR", tmp_path / "results" / "full")
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path / "build_results"))
+    return tmp_path
+
+
+def test_missing_record_says_how_to_make_one(records):
+    found = full.recorded("07_gplinker_relations", {"epochs": 20})
+    assert found.status == "missing" and found.metrics == {}
+    assert "make full CHAPTER=07" in str(found) and "make full CHAPTER=07" in found._repr_html_()
+
+
+def test_record_with_the_same_config_is_shown_in_its_own_labelled_table(records):
+    config = {"epochs": 20, "train": 5019}
+    full.write_record("07_gplinker_relations", metrics={"webnlg_test_f1": 0.912}, config=config,
+                      wall_seconds=3600.0, device="cpu (2 cores)", commit="0123456789abcdef")
+    found = full.recorded("07_gplinker_relations", {"train": 5019, "epochs": 20})
+    assert found.status == "current" and found.metrics == {"webnlg_test_f1": 0.912}
+    page = found._repr_html_()
+    assert "recorded FULL run: commit 0123456789, device cpu (2 cores), date" in page
+    assert "<td>webnlg_test_f1</td><td>0.912</td>" in page and "recorded value" in page
+    record = json.loads(full.record_path("07_gplinker_relations").read_text())
+    assert record["config"] == config and record["wall_seconds"] == 3600.0 and record["torch"]
+    assert record["date"].endswith("+00:00") and record["config_hash"] == full.config_hash(config)
+
+
+def test_record_of_a_changed_config_is_stale_and_not_shown(records):
+    full.write_record("07_gplinker_relations", metrics={"webnlg_test_f1": 0.912}, config={"epochs": 20},
+                      wall_seconds=10.0, device="cpu", commit="abc")
+    found = full.recorded("07_gplinker_relations", {"epochs": 40})  # the chapter's FULL config changed since
+    assert found.status == "stale" and found.metrics == {}
+    assert "stale" in str(found) and "0.912" not in found._repr_html_()
+    full.write_record("07_gplinker_relations", metrics={"f1": 1.0}, config=None, wall_seconds=1.0, device="cpu")
+    assert full.recorded("07_gplinker_relations", {"epochs": 20}).status == "stale"  # no config: never current
+
+
+def test_full_run_leaves_its_config_for_the_recorder(records, monkeypatch):
+    monkeypatch.setattr(utils, "FULL", True)
+    full.recorded("05_cosent", {"epochs": 5})
+    written = json.loads((records / "build_results" / f"05_cosent{full.CONFIG_SUFFIX}").read_text())
+    assert written == {"config": {"epochs": 5}, "config_hash": full.config_hash({"epochs": 5})}
+
+
+def test_damaged_record_names_the_file(records):
+    path = full.record_path("05_cosent")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"05_cosent.json is not valid JSON"):
+        full.recorded("05_cosent", {})
+
+
+def test_bad_chapter_names():
+    with pytest.raises(ValueError, match="chapter must be the notebook's stem"):
+        full.recorded("gplinker", {})
+    with pytest.raises(ValueError, match="chapter must be the notebook's stem"):
+        full.record_path("../07_x")
+
+
+def test_notebook_for_finds_a_chapter_by_number_or_stem():
+    first = sorted(full.BOOK_DIR.glob("[0-9][0-9]_*.ipynb"))[0]
+    number = first.stem[:2]
+    assert full.notebook_for(number) == first == full.notebook_for(str(int(number))) == full.notebook_for(first.stem)
+    with pytest.raises(ValueError, match="CHAPTER must name one chapter"):
+        full.notebook_for("99")
+
+
+def test_failure_summary_keeps_cell_line_and_exception():
+    log = ("[NbConvertApp] Executing\n\x1b[31m---------\x1b[39m\nTraceback\nCell In[21], line 5\n"
+           "      3 x = 1\n----> 5 ax.plot(x, y)\n   6 pass\nFile lib.py:3\n----> 3 raise ValueError\n"
+           "\x1b[31mValueError\x1b[39m: x and y must have same first dimension\n")
+    assert full.summarize_failure(log) == ("Cell In[21], line 5\n----> 5 ax.plot(x, y)\n"
+                                           "ValueError: x and y must have same first dimension")
+
+
+def test_execute_runs_a_notebook_and_reports_errors(tmp_path):
+    import nbformat
+
+    good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nx = os.environ['MARK']")]),
+                   good)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")]), bad)
+    env = full._environment(MARK="1")
+    ok = full.execute(good, tmp_path / "out_good.ipynb", env, timeout_s=120)
+    assert ok.error is None and (tmp_path / "out_good.ipynb").exists() and ok.cpu_seconds > 0
+    failed = full.execute(bad, tmp_path / "out_bad.ipynb", env, timeout_s=120)
+    assert "ZeroDivisionError" in failed.error and "Cell In[1]" in failed.error
