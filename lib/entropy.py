@@ -61,6 +61,18 @@ def _check_probabilities(p: torch.Tensor, name: str = "p") -> None:
         raise ValueError(f"{name} must sum to 1 along its last axis, got sums such as {bad}")
 
 
+def _check_log_rows(x: torch.Tensor, name: str) -> None:
+    """Logits or log-probabilities [..., n]: no NaN, no +inf, and every row keeps at least one finite entry
+    (a row of -inf only has no probability mass: its distribution, and so its entropy, is undefined)."""
+    if torch.isnan(x).any() or (x == math.inf).any():
+        raise ValueError(f"{name} must not contain NaN or +inf")
+    empty = ~torch.isfinite(x).any(-1)
+    if empty.any():
+        index = tuple(torch.nonzero(empty)[0].tolist())
+        raise ValueError(f"{name} has {int(empty.sum())} row(s) that are entirely -inf (fully masked, no "
+                         f"probability mass), e.g. row {index}: the distribution is undefined; drop or fill such rows")
+
+
 def _log_probs(p: Array | None, logits: Array | None, logp: Array | None) -> tuple[torch.Tensor, bool]:
     """Exactly one of p / logits / logp -> (log-probabilities [..., n] in float64, was_numpy)."""
     given = [(n, v) for n, v in (("p", p), ("logits", logits), ("logp", logp)) if v is not None]
@@ -73,8 +85,7 @@ def _log_probs(p: Array | None, logits: Array | None, logp: Array | None) -> tup
     if name == "p":
         _check_probabilities(x)
         return torch.log(x), as_numpy
-    if torch.isnan(x).any() or (x == math.inf).any():
-        raise ValueError(f"{name} must not contain NaN or +inf")
+    _check_log_rows(x, name)
     return torch.log_softmax(x, dim=-1), as_numpy
 
 
@@ -125,14 +136,14 @@ def _move(x: Array, dim: int) -> Array:
     return np.moveaxis(np.asarray(x), dim, -1) if not isinstance(x, torch.Tensor) else x.movedim(dim, -1)
 
 
-def _gamma_like(gamma: Array, batch_shape: torch.Size) -> torch.Tensor:
-    g, _ = _as_tensor(gamma, "gamma")
+def _gamma_like(value: Array, batch_shape: torch.Size, name: str = "gamma") -> torch.Tensor:
+    g, _ = _as_tensor(value, name)
     if torch.isnan(g).any():
-        raise ValueError("gamma must not contain NaN")
+        raise ValueError(f"{name} must not contain NaN")
     try:
         return torch.broadcast_to(g, batch_shape).clone()
     except RuntimeError as error:
-        raise ValueError(f"gamma must broadcast to the batch shape {tuple(batch_shape)}, got {tuple(g.shape)}") \
+        raise ValueError(f"{name} must broadcast to the batch shape {tuple(batch_shape)}, got {tuple(g.shape)}") \
             from error
 
 
@@ -152,8 +163,10 @@ def _broadcast_rows(x: torch.Tensor, gamma: Array) -> tuple[torch.Tensor, torch.
 def log_power(logp: Array, gamma: Array, dim: int = -1) -> Array:
     r"""Power transform in log space: :math:`\log\tilde p_i = \gamma\ell_i - \mathrm{LSE}_j(\gamma\ell_j)`.
 
-    logp [..., n] (−inf marks zeros, which stay zeros for every γ), gamma scalar or [...] → [..., n]."""
+    logp [..., n] (−inf marks zeros, which stay zeros for every γ), gamma scalar or [...] → [..., n].
+    NaN, +inf or a row of −inf only (no mass) raise ValueError naming `logp`."""
     x, as_numpy = _as_tensor(_move(logp, dim), "logp")
+    _check_log_rows(x, "logp")
     x, g = _broadcast_rows(x, gamma)
     support = torch.isfinite(x)
     scaled = torch.where(support, g[..., None] * torch.where(support, x, 0.0), -math.inf)
@@ -176,8 +189,10 @@ def power_transform(p: Array, gamma: Array, dim: int = -1) -> Array:
 def entropy_path(logp: Array, gamma: Array, dim: int = -1) -> tuple[Array, Array]:
     r"""Entropy along the power path and its derivative, :math:`(H(\gamma),\ -\gamma\,\mathrm{Var}_\gamma[\log p])`.
 
-    logp [..., n], gamma scalar or [...] → (H [...], dH/dγ [...]). Valid for any real γ."""
+    logp [..., n], gamma scalar or [...] → (H [...], dH/dγ [...]). Valid for any real γ; NaN, +inf or a row
+    of −inf only raise ValueError naming `logp`."""
     x, as_numpy = _as_tensor(_move(logp, dim), "logp")
+    _check_log_rows(x, "logp")
     x, g = _broadcast_rows(x, gamma)
     ent, var, _ = _moments(x, g)
     return _out(ent, as_numpy), _out(-g * var, as_numpy)
@@ -214,7 +229,7 @@ class PostIteration(NamedTuple):
 
 
 def entropy_normalize_post(p: Array, target: Array, iters: int = 10, log_space: bool = False) -> PostIteration:
-    r"""The post's iteration, exactly as written (F7): a first-order model of :math:`H` around γ = 1.
+    r"""The post's iteration, exactly as written: a first-order model of :math:`H` around γ = 1.
 
     Repeat: :math:`H \leftarrow H(p)`; :math:`\gamma \leftarrow 1 + (H^* - H)/(H^2 - \sum_i p_i \log^2 p_i)`;
     :math:`p \leftarrow p^\gamma/\sum_j p_j^\gamma`. With ``log_space=False`` it works on probabilities like
@@ -303,7 +318,9 @@ def entropy_normalize(
       derivative (third cumulant, free in the same pass) each step fits :math:`F \approx a t + b e^t + c`,
       which is exact in both limits (small Γ: :math:`\log n_+ - H \approx \Gamma^2 V/2`; large Γ:
       :math:`H - \log m \sim e^{-\Gamma\Delta}`), and solves it; a per-row bracket falls back to bisection.
-    * ``"newton"``: plain Newton on Γ, i.e. the post's iteration (F8) — may leave Γ > 0 or diverge.
+    * ``"newton"``: plain Newton on Γ, i.e. the post's iteration — it may leave Γ > 0 or diverge; a row is
+      reported converged only if it reached the target with Γ > 0 (Γ ≤ 0 would keep or reverse the ranking
+      on the wrong side of the uniform distribution).
     * ``"bisect"``: bisection on t = log Γ, the slow obviously-correct twin.
 
     Targets outside :math:`(\log m, \log n_+)` raise ValueError unless ``clip=True``. Rows that are uniform
@@ -315,7 +332,7 @@ def entropy_normalize(
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
     ell, as_numpy = _log_probs(p, logits, logp)
-    tgt = _gamma_like(target, ell.shape[:-1])
+    tgt = _gamma_like(target, ell.shape[:-1], "target")
     tgt = _validate_targets(ell, tgt, clip, eps=1e-9)
     solver = {"safeguarded": _solve_safeguarded, "newton": _solve_newton, "bisect": _solve_bisect}[method]
     gamma, evaluations, done = solver(ell, tgt, tol, max_iter)
@@ -405,7 +422,7 @@ def _solve_newton(ell, target, tol, max_iter):
         done = done | converged | ~torch.isfinite(gamma)
         if done.all():
             break
-    return gamma, evaluations, done & torch.isfinite(gamma)
+    return gamma, evaluations, done & torch.isfinite(gamma) & (gamma > 0)
 
 
 def _solve_bisect(ell, target, tol, max_iter):
@@ -467,7 +484,8 @@ def attention_entropy(q: Array, k: Array, scale: float, causal: bool = False,
     r"""Row entropies of :math:`a_i = \mathrm{softmax}(\lambda\, q_i K^\top)` over the visible keys.
 
     q [..., n_q, d], k [..., n_k, d], attention_mask [..., n_k] (1 keep / 0 pad) → H [..., n_q]. With
-    ``causal=True`` query i sees keys 0..i (so row i has entropy ≤ log(i + 1))."""
+    ``causal=True`` query i sees keys 0..i (so row i has entropy ≤ log(i + 1)). A query that sees no key
+    (an all-zero mask row, or left padding under ``causal``) has no attention distribution: ValueError."""
     qt, as_numpy = _as_tensor(q, "q")
     kt, _ = _as_tensor(k, "k")
     if qt.shape[-1] != kt.shape[-1]:
@@ -481,7 +499,16 @@ def attention_entropy(q: Array, k: Array, scale: float, causal: bool = False,
         hidden |= torch.ones(n_q, n_k, dtype=torch.bool).triu(1 + n_k - n_q)
     if attention_mask is not None:
         mask, _ = _as_tensor(attention_mask, "attention_mask")
+        if torch.isnan(mask).any() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (pad) and 1 (keep)")
         hidden |= (mask == 0)[..., None, :]
+    blind = hidden.all(-1)
+    if blind.any():
+        index = tuple(torch.nonzero(blind)[0].tolist())
+        raise ValueError(f"attention_mask (with causal={causal}) hides every key from {int(blind.sum())} "
+                         f"query row(s), e.g. {index}: such a row has no attention distribution")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("q and k must be finite (their scores contain NaN or inf)")
     return _out(entropy(logits=scores.masked_fill(hidden, -math.inf)), as_numpy)
 
 
@@ -509,16 +536,24 @@ class EntropyNormalizationLogitsProcessor:
 
     `__call__(input_ids [B, L], scores [B, V]) -> [B, V]` log-probabilities; the ranking of tokens is kept
     (Γ > 0). Targets outside a row's reachable range are clipped (a row can never be made flatter than
-    uniform or sharper than its tied maxima). Usable in `LogitsProcessorList`."""
+    uniform or sharper than its tied maxima). A row with no finite score (every token banned by an earlier
+    processor) is returned unchanged, all −inf, for `generate` to handle as it would without this processor.
+    Usable in `LogitsProcessorList`."""
 
     def __init__(self, target: float, **solver_kw):
-        if not isinstance(target, (int, float)) or target <= 0:
-            raise ValueError(f"target must be a positive entropy in nats, got {target!r}")
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0 < target < math.inf):
+            raise ValueError(f"target must be a positive finite entropy in nats, got {target!r}")
         self.target = float(target)
         self.solver_kw = {"clip": True, **solver_kw}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
             raise ValueError(f"scores must be a [batch, vocab] tensor, got {getattr(scores, 'shape', scores)!r}")
-        result = entropy_normalize(scores, target=self.target, **self.solver_kw)
-        return torch.log(result.probs).to(scores.dtype)
+        if torch.isnan(scores).any():
+            raise ValueError("scores contain NaN: the model's logits diverged upstream of this processor")
+        live = torch.isfinite(scores).any(-1)
+        out = torch.full_like(scores, -math.inf)
+        if live.any():
+            result = entropy_normalize(scores[live], target=self.target, **self.solver_kw)
+            out[live] = torch.log(result.probs).to(scores.dtype)
+        return out

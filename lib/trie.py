@@ -40,19 +40,26 @@ __all__ = [
 ]
 
 
+MAX_TOKEN_ID = 2**31  # ids are stored as int32
+
+
 def _check_sequences(sequences: object, name: str = "sequences") -> list[tuple[int, ...]]:
     if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
         raise TypeError(f"{name} must be an iterable of integer sequences, got {type(sequences).__name__}")
     out = []
     for i, seq in enumerate(sequences):
-        if isinstance(seq, torch.Tensor):
+        if isinstance(seq, (torch.Tensor, np.ndarray)):
+            if seq.dtype.is_floating_point if isinstance(seq, torch.Tensor) else seq.dtype.kind not in "iu":
+                raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {seq.dtype}")
             seq = seq.tolist()
         if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
             raise TypeError(f"{name}[{i}] must be a sequence of ints, got {type(seq).__name__}")
-        seq = tuple(int(t) for t in seq)
-        if any(t < 0 for t in seq):
-            raise ValueError(f"{name}[{i}] must hold non-negative token ids, got {seq}")
-        out.append(seq)
+        for t in seq:
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"{name}[{i}] must hold integer token ids, got {t!r} ({type(t).__name__})")
+            if not 0 <= t < MAX_TOKEN_ID:
+                raise ValueError(f"{name}[{i}] must hold non-negative token ids below 2**31 (stored as int32), got {t}")
+        out.append(tuple(int(t) for t in seq))
     return out
 
 
@@ -463,8 +470,9 @@ class LookAhead:
     ``questions[b]`` are the token ids the candidates are compared with (the encoder input of item ``b``).
     The re-weighting runs on a row when its node has at least ``min_children`` children and (if
     ``sep_token_id`` is given) the decoded prefix already holds that separator, i.e. S is finished (the
-    code's rule, F2). ``strength`` is λ in ``p^{1/(1 + λ Δ)}`` (λ = 1 is the post's rule). Candidates
-    are the whole keys, compared with the whole question (the code's form, F2)."""
+    rule of the post's code). ``strength`` is λ ≥ 0 in ``p^{1/(1 + λ Δ)}`` (λ = 1 is the post's rule,
+    λ = 0 switches the re-weighting off). Candidates are the whole keys, compared with the whole question
+    (as in the post's code)."""
 
     questions: Sequence[Sequence[int]]
     sep_token_id: int | None = None
@@ -472,6 +480,13 @@ class LookAhead:
     strength: float = 1.0
     calls: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < math.inf:
+            raise ValueError(f"strength must be a finite number >= 0 (λ in p^(1/(1 + λΔ))), got {strength!r}")
+        if isinstance(self.min_children, bool) or not isinstance(self.min_children, int) or self.min_children < 1:
+            raise ValueError(f"min_children must be a positive int, got {self.min_children!r}")
 
     def _key_lcs(self, trie: Trie, b: int, k: int) -> int:
         hit = self._cache.get((b, k))
@@ -627,7 +642,7 @@ class CharVocab:
 
     Character level: every non-space character is one token, looked up (lower-cased) in the WordPiece
     vocabulary of ``tokenizer`` (``tokenizer.get_vocab()``); characters the vocabulary lacks become
-    ``[UNK]`` (the post's [UNK] failure mode, P2). Ids: 0 ``[PAD]``, 1 ``[BOS]`` (decoder start),
+    ``[UNK]`` (the post's [UNK] failure mode). Ids: 0 ``[PAD]``, 1 ``[BOS]`` (decoder start),
     2 ``[EOS]``, 3 ``[SEP]`` (field separator), 4 ``[UNK]``, 5 ``[SPM]`` and 6 ``[SMP]`` (decoder start
     tokens of a model trained on both target orders), then the occurring characters in first-seen order. Keeping only occurring tokens keeps the output softmax small."""
 

@@ -258,3 +258,61 @@ def test_logits_processor_sets_entropy_and_keeps_argmax():
     processed = LogitsProcessorList([en.EntropyNormalizationLogitsProcessor(1.0)])(torch.zeros(3, 1, dtype=torch.long),
                                                                                   scores)
     assert processed.shape == scores.shape
+
+
+# ---- a user's mistakes with contents: masked rows, NaN, a Newton run that crosses zero ----------------
+def test_fully_masked_logits_raise_instead_of_zero_entropy():
+    with pytest.raises(ValueError, match="logits.*entirely -inf"):
+        en.entropy(logits=[[-np.inf, -np.inf]])
+    with pytest.raises(ValueError, match="logits.*entirely -inf"):
+        en.entropy(logits=torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]]))
+    assert en.entropy(logits=[[0.0, -np.inf]])[0] == 0.0  # one live entry: a point mass, entropy exactly 0
+
+
+@pytest.mark.parametrize("bad, match", [([[np.nan, 0.0]], "NaN"), ([[np.inf, 0.0]], r"\+inf"),
+                                        ([[-np.inf, -np.inf]], "entirely -inf")])
+def test_log_power_and_entropy_path_refuse_nan_and_empty_rows(bad, match):
+    with pytest.raises(ValueError, match="logp.*" + match):
+        en.log_power(bad, 1.0)
+    with pytest.raises(ValueError, match="logp.*" + match):
+        en.entropy_path(bad, 1.0)
+
+
+def test_attention_entropy_refuses_queries_that_see_no_key():
+    q, k = np.ones((2, 3)), np.ones((4, 3))
+    with pytest.raises(ValueError, match="attention_mask.*every key"):
+        en.attention_entropy(q, k, 1.0, attention_mask=np.zeros(4))
+    with pytest.raises(ValueError, match="attention_mask.*every key"):  # left padding under a causal mask
+        en.attention_entropy(np.ones((4, 3)), k, 1.0, causal=True, attention_mask=np.array([0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        en.attention_entropy(q, k, 1.0, attention_mask=np.array([1, 0.5, 1, 1]))
+    equal = en.attention_entropy(q, k, 1.0, attention_mask=np.array([1, 1, 0, 1]))
+    np.testing.assert_allclose(equal, math.log(3))  # equal scores over three visible keys
+
+
+def test_logits_processor_keeps_a_fully_banned_row_and_fixes_the_others():
+    proc = en.EntropyNormalizationLogitsProcessor(1.0)
+    scores = torch.tensor([[-math.inf] * 4, [0.0, 1.0, 2.0, 3.0]])
+    out = proc(None, scores)
+    assert not torch.isnan(out).any()
+    assert torch.isneginf(out[0]).all()
+    np.testing.assert_allclose(en.entropy(logits=out[1:]), 1.0, atol=1e-8)
+    with pytest.raises(ValueError, match="NaN"):
+        proc(None, torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="target"):
+        en.EntropyNormalizationLogitsProcessor(math.nan)
+
+
+def test_newton_is_not_converged_when_gamma_is_not_positive():
+    p, target = np.array([0.97, 0.02, 0.01]), 0.7 * math.log(3)
+    newton = en.entropy_normalize(p=p, target=target, method="newton")
+    assert newton.gamma < 0  # the post's iteration lands on the reversed-ranking root here
+    assert not newton.converged
+    safe = en.entropy_normalize(p=p, target=target)
+    assert safe.converged and safe.gamma > 0
+    np.testing.assert_allclose(en.entropy(p=safe.probs), target, atol=1e-9)
+
+
+def test_nan_target_names_target():
+    with pytest.raises(ValueError, match="target must not contain NaN"):
+        en.entropy_normalize(p=np.array([0.5, 0.3, 0.2]), target=math.nan)

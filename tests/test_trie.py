@@ -8,6 +8,7 @@ import math
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -513,3 +514,27 @@ def test_allowed_mask_with_repeated_nodes_equals_per_row_sets():
     for r, n in enumerate(nodes.tolist()):
         expected = set(trie.children(n)) or {EOS}
         assert set(torch.nonzero(mask[r]).flatten().tolist()) == expected
+
+
+# ---- a user's mistakes with ids and parameters ---------------------------------------------------------
+@pytest.mark.parametrize("bad", [[[2**31, 1]], [[1, 2**40]], [np.array([2**31], dtype=np.int64)]])
+def test_trie_rejects_ids_that_do_not_fit_int32(bad):
+    with pytest.raises(ValueError, match=r"below 2\*\*31"):
+        Trie(bad)
+
+
+@pytest.mark.parametrize("bad", [[[1.7, 2]], [[1.0, 2]], [np.array([1.0, 2.0])], [torch.tensor([1.5])], [[True, 2]]])
+def test_trie_rejects_non_integer_tokens(bad):
+    with pytest.raises(TypeError, match="integer token ids"):
+        Trie(bad)
+
+
+def test_trie_accepts_integer_arrays_and_the_largest_id():
+    trie = Trie([np.array([3, 2**31 - 1], dtype=np.int64), torch.tensor([3, 4])])
+    assert sorted(trie) == [(3, 4), (3, 2**31 - 1)]
+
+
+@pytest.mark.parametrize("strength", [-0.5, math.nan, math.inf])
+def test_lookahead_rejects_a_negative_or_non_finite_strength(strength):
+    with pytest.raises(ValueError, match="strength"):
+        LookAhead(questions=[[1, 2]], strength=strength)
