@@ -903,8 +903,8 @@ def answers_from_keys(keys: Sequence[Sequence[int]], trie: Trie, kb: KnowledgeBa
                       order: str = "SPM") -> tuple[list[tuple[str, str, str]], list[bool]]:
     """Decoded keys -> ``(S（M）, P, O)`` answers and a validity flag per key.
 
-    A key in the trie maps to the first KB fact stored under it and its first object (the baseline's
-    rule, P11). A key outside the KB is *invalid*: S and P are read from its text (split at ``[SEP]``)
+    A key in the trie maps to the first KB fact stored under it and its first object (the official
+    baseline's rule). A key outside the KB is *invalid*: S and P are read from its text (split at ``[SEP]``)
     and the object is ``""`` (there is nothing to look up)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
@@ -922,6 +922,45 @@ def answers_from_keys(keys: Sequence[Sequence[int]], trie: Trie, kb: KnowledgeBa
             answers.append((s, named["relation"], ""))
             valid.append(False)
     return answers, valid
+
+
+class LexicalBaseline:
+    """The string-matching baseline: no model, only the question and the KB.
+
+    For a question Q: among the KB's subjects that occur in Q as a substring take the longest, then among
+    that subject's facts the key with the largest ``LCS(S + P + M, Q)``; ties go to the earliest fact.
+    Equivalently, the fact maximising ``(len(S) if S in Q else -1, LCS(S + P + M, Q))``. Returns
+    ``(S（M）, P, O)`` with O the KB's first object for (S, M, P), or ``("", "", "")`` when no subject occurs."""
+
+    def __init__(self, kb: KnowledgeBase):
+        if not isinstance(kb, KnowledgeBase):
+            raise TypeError(f"kb must be a KnowledgeBase, got {type(kb).__name__}")
+        self.kb = kb
+        self.by_subject: dict[str, list[int]] = {}
+        for i, f in enumerate(kb.facts):
+            if f.subject:
+                self.by_subject.setdefault(f.subject, []).append(i)
+        self.max_len = max((len(s) for s in self.by_subject), default=0)
+
+    def subjects_in(self, question: str) -> list[str]:
+        """The longest KB subjects that occur in `question` as substrings (several on a tie in length)."""
+        for length in range(min(self.max_len, len(question)), 0, -1):
+            found = {question[i:i + length] for i in range(len(question) - length + 1)} & self.by_subject.keys()
+            if found:
+                return sorted(found)
+        return []
+
+    def __call__(self, question: str) -> tuple[str, str, str]:
+        if not isinstance(question, str):
+            raise TypeError(f"question must be a str, got {type(question).__name__}")
+        candidates = [i for s in self.subjects_in(question) for i in self.by_subject[s]]
+        if not candidates:
+            return ("", "", "")
+        facts = self.kb.facts
+        best = max(candidates, key=lambda i: (lcs_length(facts[i].subject + facts[i].relation + facts[i].meaning,
+                                                         question), -i))
+        f = self.kb.facts[best]
+        return (f.full_subject, f.relation, self.kb.lookup(f.subject, f.meaning, f.relation) or "")
 
 
 @torch.no_grad()

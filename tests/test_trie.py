@@ -538,3 +538,25 @@ def test_trie_accepts_integer_arrays_and_the_largest_id():
 def test_lookahead_rejects_a_negative_or_non_finite_strength(strength):
     with pytest.raises(ValueError, match="strength"):
         LookAhead(questions=[[1, 2]], strength=strength)
+
+
+def test_lexical_baseline_equals_its_brute_force_twin():
+    from lib.trie import LexicalBaseline
+
+    rng = random.Random(0)
+    chars = "张三李四王五北京上海明天主讲课程要成就作者出生地"
+    facts = [Fact("".join(rng.choice(chars) for _ in range(rng.randint(1, 3))), rng.choice(["", "歌曲", "人物"]),
+                  "".join(rng.choice(chars) for _ in range(rng.randint(1, 4))), f"o{i}") for i in range(120)]
+    kb = KnowledgeBase(facts)
+    baseline = LexicalBaseline(kb)
+    for _ in range(300):
+        q = "".join(rng.choice(chars) for _ in range(rng.randint(1, 10)))
+        scored = [((len(f.subject) if f.subject in q else -1), lcs_length_dp(f.subject + f.relation + f.meaning, q), -i)
+                  for i, f in enumerate(kb.facts)]
+        best = max(range(len(facts)), key=lambda i: scored[i])
+        f = kb.facts[best]
+        expected = ("", "", "") if scored[best][0] < 0 else (f.full_subject, f.relation,
+                                                             kb.lookup(f.subject, f.meaning, f.relation))
+        assert baseline(q) == expected, q
+    with pytest.raises(TypeError, match="question"):
+        baseline(3)
