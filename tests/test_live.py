@@ -96,7 +96,7 @@ def lab_server(root: Path, home: Path):
     env = dict(os.environ, BOOK_BUILD="0", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), BOOK_RESULTS_DIR=str(home / "results"),
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONHASHSEED="0",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # as `make lab`
     env.pop("TQDM_DISABLE", None)  # a reader's session shows progress bars (tqdm's ipywidgets)
     log = home / "server.log"
     with open(log, "w") as handle:
@@ -206,13 +206,19 @@ def first_live_slider(page):
     return root, root.locator(".widget-slider").first
 
 
-def drag_to_end(page, slider) -> None:
-    """Drag the slider's handle to the right end with the mouse, as a reader would."""
-    track, handle = slider.locator(".noUi-target, .slider").first, slider.locator(".noUi-handle").first
-    box, knob = track.bounding_box(), handle.bounding_box()
-    page.mouse.move(knob["x"] + knob["width"] / 2, knob["y"] + knob["height"] / 2)
+def drag_across(page, slider) -> None:
+    """Drag the slider's handle with the mouse to the far end (right, or left if it already sits right of
+    the middle), as a reader would."""
+    handle = slider.locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.hover()  # Playwright waits until the handle is visible and stable, and scrolls to it
+    track, knob = slider.locator(".noUi-base").first.bounding_box(), handle.bounding_box()
+    y = knob["y"] + knob["height"] / 2
+    right_half = knob["x"] + knob["width"] / 2 > track["x"] + track["width"] / 2
+    target = track["x"] - 20 if right_half else track["x"] + track["width"] + 20
+    page.mouse.move(knob["x"] + knob["width"] / 2, y)
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] + 20, knob["y"] + knob["height"] / 2, steps=10)
+    page.mouse.move(target, y, steps=15)
     page.mouse.up()
 
 
@@ -221,7 +227,7 @@ OUTPUT_SNAPSHOT = ("el => { const o = el.querySelector('.widget-output'); return
 
 
 def check_one_run(browser, lab, notebook: Path) -> None:
-    base, token, _ = lab
+    base, token, log = lab
     errors, external = [], []
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
 
@@ -232,6 +238,7 @@ def check_one_run(browser, lab, notebook: Path) -> None:
         return route.abort()
 
     context.route("**/*", only_local)
+    page = None
     try:
         page = open_notebook(context, base, token, notebook.name, errors)
         state = run_all_cells(page)
@@ -241,7 +248,7 @@ def check_one_run(browser, lab, notebook: Path) -> None:
         readout = slider.locator(".widget-readout")
         before_value, before = readout.inner_text(), root.evaluate(OUTPUT_SNAPSHOT)
         assert before, "the explorable's output widget is empty before the slider moves"
-        drag_to_end(page, slider)
+        drag_across(page, slider)
         page.wait_for_function("([el, v]) => el.innerText !== v", arg=[readout.element_handle(), before_value],
                                timeout=30_000)
         page.wait_for_function(f"([el, b]) => {{ const s = ({OUTPUT_SNAPSHOT})(el); return s && s !== b; }}",
@@ -252,6 +259,12 @@ def check_one_run(browser, lab, notebook: Path) -> None:
         assert "Traceback" not in root.inner_text(), root.inner_text()[-2000:]
         assert not external, f"requests to other hosts (aborted): {sorted(set(external))}"
         assert not errors, "\n".join(errors)
+    except Exception:
+        if page is not None:  # what the reader would have seen, for the failure report
+            shot = Path(log).with_name(f"{notebook.stem}-failure.png")
+            page.screenshot(path=str(shot), full_page=False)
+            print(f"screenshot of the failure: {shot}")
+        raise
     finally:
         context.close()
         shut_down_kernels(base, token)
