@@ -29,12 +29,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 from lib import utils
 
 RECORDS_DIR = utils.REPO_ROOT / "results" / "full"
 BOOK_DIR = utils.REPO_ROOT / "book"
+T = TypeVar("T")
 CONFIG_SUFFIX = ".full_config.json"  # written next to the results file by `recorded` during a FULL run
 
 
@@ -51,6 +52,19 @@ def configs(build: Callable[[Callable[[Any, Any], Any]], Any]) -> Configs:
     if not callable(build):
         raise TypeError(f"build must be a function of pick, got {type(build).__name__}")
     return Configs(build(utils.pick), build(lambda fast, full: full))
+
+
+def smoke_limit(items: Sequence[T], n: int = 32) -> Sequence[T]:
+    """`items` unchanged, or its first `n` items under ``BOOK_SMOKE=1``.
+
+    For loops that do not go through `lib.train.fit` (feature extraction, evaluation over a data set, seed
+    sweeps): with it a ``FULL=1 BOOK_SMOKE=1`` run keeps the FULL code path and shapes but only touches a
+    few items. Never use it on anything a FAST or FULL run reports."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not hasattr(items, "__getitem__") or not hasattr(items, "__len__"):
+        raise TypeError(f"items must be a sequence (list, tuple, array, tensor), got {type(items).__name__}")
+    return items[:n] if utils.SMOKE else items
 
 
 def config_hash(config: dict) -> str:

@@ -117,3 +117,18 @@ def test_execute_runs_a_notebook_and_reports_errors(tmp_path):
     assert ok.error is None and (tmp_path / "out_good.ipynb").exists() and ok.cpu_seconds > 0
     failed = full.execute(bad, tmp_path / "out_bad.ipynb", env, timeout_s=120)
     assert "ZeroDivisionError" in failed.error and "Cell In[1]" in failed.error
+
+
+def test_smoke_limit_cuts_only_under_book_smoke(monkeypatch):
+    import torch
+
+    data = list(range(100))
+    monkeypatch.setattr(utils, "SMOKE", False)
+    assert full.smoke_limit(data, 5) is data
+    monkeypatch.setattr(utils, "SMOKE", True)
+    assert full.smoke_limit(data, 5) == [0, 1, 2, 3, 4]
+    assert full.smoke_limit(torch.arange(10), 3).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        full.smoke_limit(data, 0)
+    with pytest.raises(TypeError, match="items must be a sequence"):
+        full.smoke_limit(iter(data), 3)
