@@ -209,6 +209,10 @@ def summarize_failure(log: str) -> str:
     return "\n".join(picked) if picked else "\n".join(lines[-15:])
 
 
+# Executions run as the book build does (BOOK_BUILD=1: static explorables, no live ipywidgets). With live
+# widgets, nbclient (behind nbconvert and jupyter-cache) sometimes receives a cell's execute_reply only when
+# its timeout expires (jupyter/nbclient#312): observed here as a 20-minute stall after the first explorable
+# of chapter 3 with --ExecutePreprocessor.timeout=1200, then the run went on without an error.
 def _environment(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
@@ -267,7 +271,7 @@ def run_full(chapter: str, *, timeout_s: int = 6 * 3600) -> Path:
     stem = notebook.stem
     work = Path(tempfile.mkdtemp(prefix=f"full-{stem}-"))
     cache = os.environ.get("BOOK_CACHE_DIR") or str(utils.REPO_ROOT / ".cache" / "full")
-    env = _environment(FULL="1", BOOK_BUILD="0", BOOK_SMOKE="0", BOOK_RESULTS_DIR=str(work), BOOK_CACHE_DIR=cache)
+    env = _environment(FULL="1", BOOK_BUILD="1", BOOK_SMOKE="0", BOOK_RESULTS_DIR=str(work), BOOK_CACHE_DIR=cache)
     print(f"{stem}: FULL run, executed copy and log in {work}, cache {cache}", flush=True)
     result = execute(notebook, work / f"{stem}.ipynb", env, timeout_s)
     if result.error:
@@ -293,7 +297,7 @@ def smoke(chapters: Sequence[str] = (), *, jobs: int = 2, timeout_s: int = 1200)
     folder with an empty cache of its own (neither the book's execution cache nor the FAST results cache)."""
     notebooks = [notebook_for(c) for c in chapters] if chapters else sorted(BOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     work = Path(tempfile.mkdtemp(prefix="smoke-full-"))
-    env = _environment(FULL="1", BOOK_SMOKE="1", BOOK_BUILD="0", BOOK_DEVICE=os.environ.get("BOOK_DEVICE", "cpu"),
+    env = _environment(FULL="1", BOOK_SMOKE="1", BOOK_BUILD="1", BOOK_DEVICE=os.environ.get("BOOK_DEVICE", "cpu"),
                        BOOK_CACHE_DIR=str(work / "cache"), BOOK_RESULTS_DIR=str(work / "results"))
     print(f"FULL=1 BOOK_SMOKE=1 on {len(notebooks)} chapters, {jobs} at a time; outputs in {work}", flush=True)
 
