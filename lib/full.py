@@ -206,6 +206,9 @@ def summarize_failure(log: str) -> str:
     arrows = [line.strip() for line in lines if line.lstrip().startswith("---->")]
     errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt|Timeout)\b", line)]
     picked = where[:1] + arrows[:1] + errors[-1:]
+    if "Here is a preview of the cell contents:" in lines:  # a timeout: say which cell
+        start = lines.index("Here is a preview of the cell contents:") + 2
+        picked += [line[:160] for line in lines[start:start + 3]]
     return "\n".join(picked) if picked else "\n".join(lines[-15:])
 
 

@@ -41,6 +41,7 @@ CHAPTER = os.environ.get("BOOK_LIVE_CHAPTER", "03_entropy_normalization")
 RUNS = int(os.environ.get("BOOK_LIVE_RUNS", "1"))
 RUN_TIMEOUT_S = 1200  # executing the whole chapter in the kernel (budget 6 min on a quiet machine)
 LOCAL_HOSTS = {"127.0.0.1"}
+PAGE_LOAD_TIMEOUT_MS = 180_000  # JupyterLab's page on a loaded 2-core machine took > 30 s (Playwright's default)
 
 
 def free_port() -> int:
@@ -161,7 +162,7 @@ def open_notebook(context, base: str, token: str, name: str, errors: list[str]):
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="load")
+    page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
     page.wait_for_function(
         "() => window.jupyterapp && window.jupyterapp.shell.currentWidget && "
         "window.jupyterapp.shell.currentWidget.sessionContext && "
@@ -226,9 +227,8 @@ OUTPUT_SNAPSHOT = ("el => { const o = el.querySelector('.widget-output'); return
                    "o.innerHTML.replace(/id=\"[^\"]*\"/g, '') : ''; }")
 
 
-def check_one_run(browser, lab, notebook: Path) -> None:
-    base, token, log = lab
-    errors, external = [], []
+def local_only_context(browser, external: list[str]):
+    """A browser context in which every request to a host other than 127.0.0.1 is aborted and recorded."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
 
     def only_local(route):
@@ -238,6 +238,26 @@ def check_one_run(browser, lab, notebook: Path) -> None:
         return route.abort()
 
     context.route("**/*", only_local)
+    return context
+
+
+def test_the_network_guard_catches_a_request_to_another_host(fixture_lab, browser):
+    base, token, _ = fixture_lab
+    external = []
+    context = local_only_context(browser, external)
+    try:
+        page = context.new_page()
+        page.goto(f"{base}/lab?token={token}", wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)  # its CSP allows fetches
+        page.evaluate("() => fetch('http://198.51.100.7/cdn.js').catch(() => 'blocked')")
+        assert external == ["http://198.51.100.7/cdn.js"]
+    finally:
+        context.close()
+
+
+def check_one_run(browser, lab, notebook: Path) -> None:
+    base, token, log = lab
+    errors, external = [], []
+    context = local_only_context(browser, external)
     page = None
     try:
         page = open_notebook(context, base, token, notebook.name, errors)
