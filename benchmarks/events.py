@@ -28,11 +28,11 @@ def best_of(fn, repeat: int) -> float:
 
 
 def measure(name: str, nodes, adjacent, repeat: int = 3) -> dict:
-    post = E.clique_search(nodes, adjacent)
+    post = E.clique_search(nodes, adjacent, max_calls=None)   # no call budget: the benchmark wants the worst case
     ref = E.maximal_cliques(nodes, adjacent)
     if post != ref:
         raise AssertionError(f"{name}: the two searches disagree")
-    t_post = best_of(lambda: E.clique_search(nodes, adjacent), repeat)
+    t_post = best_of(lambda: E.clique_search(nodes, adjacent, max_calls=None), repeat)
     t_nx = best_of(lambda: E.maximal_cliques(nodes, adjacent), repeat)
     return {"graph": name, "nodes": len(list(nodes)), "cliques": len(ref), "post [ms]": 1e3 * t_post,
             "networkx [ms]": 1e3 * t_nx, "ratio": t_post / t_nx}

@@ -1005,8 +1005,12 @@ class SentenceScores:
 
 @torch.no_grad()
 def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features: Sequence[Tensor] | None = None,
-                   max_cells: int = 16 * 64 * 64, floor: float = -4.0) -> list[SentenceScores]:
-    """Run the model in eval mode; per sentence keep argument cells with score > ``floor``.
+                   max_cells: int = 16 * 64 * 64, floor: float = -4.0, keep_top: int = 64) -> list[SentenceScores]:
+    """Run the model in eval mode; per sentence keep the ``keep_top`` highest argument cells with score > ``floor``.
+
+    :func:`decode_scores` with ``max_nodes <= keep_top`` decodes these exactly as it would decode every cell
+    (it keeps the highest-scoring nodes above its threshold); the cap bounds memory for an untrained model,
+    whose cells are nearly all above any floor.
 
     ``features``: one ``[L_i, D]`` tensor per item when the model's encoder reads cached features.
     Rows and columns of ``[CLS]``/``[SEP]`` are excluded (they are never a span), padding is cropped.
@@ -1025,7 +1029,10 @@ def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features
         for b, i in enumerate(idx):
             n = len(items[i].input_ids)
             a = argu[b, :, 1:n - 1, 1:n - 1]
-            c, h, t = torch.nonzero(a > floor, as_tuple=True)
+            values, flat = a.reshape(-1).topk(min(keep_top, a.numel()))
+            flat = flat[values > floor]
+            m = a.shape[-1]
+            c, h, t = flat // (m * m), (flat // m) % m, flat % m
             out[i] = SentenceScores(torch.stack([c, h + 1, t + 1], 1).numpy(), a[c, h, t].numpy(),
                                     head[b, 0, :n, :n].numpy(), tail[b, 0, :n, :n].numpy())
     return out  # type: ignore[return-value]
@@ -1033,8 +1040,11 @@ def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features
 
 def decode_scores(scores: SentenceScores, labels: Sequence[tuple[str, str]], *, threshold_arg: float = 0.0,
                   threshold_link: float = 0.0, strategy: str = "clique", require_trigger: bool = False,
-                  trigger_role: str = TRIGGER_ROLE, max_nodes: int | None = 64) -> list[frozenset]:
+                  trigger_role: str = TRIGGER_ROLE, max_nodes: int | None = 64,
+                  search: str = "networkx") -> list[frozenset]:
     """Algorithm 2 on sparse scores: nodes above ``threshold_arg``, links above ``threshold_link``.
+
+    ``search`` picks the clique routine (see :func:`group_arguments`).
 
     ``max_nodes`` keeps only the highest-scoring nodes of a sentence (an untrained model
     at a low threshold yields thousands of nodes and dense graphs, whose maximal cliques explode);
@@ -1050,7 +1060,7 @@ def decode_scores(scores: SentenceScores, labels: Sequence[tuple[str, str]], *, 
         keep = keep[np.argsort(-scores.scores[keep], kind="stable")[:max_nodes]]
     nodes = [(*labels[c], int(h), int(t)) for c, h, t in scores.cells[keep]]
     adjacent = link_adjacency(scores.head, scores.tail, threshold_link)
-    events = group_arguments(nodes, adjacent, strategy, trigger_role)
+    events = group_arguments(nodes, adjacent, strategy, trigger_role, search)
     if require_trigger:
         events = [e for e in events if any(n[1] == trigger_role for n in e)]
     return sorted(set(events), key=sorted)
@@ -1068,3 +1078,94 @@ def trigger_prf(pred_docs: Sequence[Iterable[Iterable]], gold_docs: Sequence[Ite
         T = {a for e in gold for a in e if a[1] == trigger_role}
         x, y, z = x + len(R & T), y + len(R), z + len(T)
     return _prf(x, y, z)
+
+
+# ----------------------------------------------------------------------------------------------
+# training and evaluation (both encoders of the chapter go through lib.train.fit)
+# ----------------------------------------------------------------------------------------------
+def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor for step ``s``: linear warmup to 1 over ``warmup_steps``, then linear decay to 0
+    at ``total_steps``."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps: expected an int in [0, {total_steps}), got {warmup_steps!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+    return factor
+
+
+def train_gplinker(model: GPLinkerEE, items: Sequence[EncodedSentence], *, steps: int, lr: float,
+                   encoder_lr: float | None = None, warmup: float = 0.06, max_cells: int = 8 * 48 * 48,
+                   batch_size: int = 64, features: Sequence[Tensor] | None = None, chunks: int = 4,
+                   evaluate: Callable[[int], dict] | None = None, seed: int = 0,
+                   desc: str = "GPLinker") -> Any:
+    """Train ``model`` for ``steps`` AdamW steps on ``items`` with :func:`lib.train.fit`.
+
+    Batches come from :func:`lib.train.length_batches` (``B * L^2 <= max_cells``, ``B <= batch_size``; a
+    new seeded order each pass over the data). The heads use ``lr``, the encoder ``encoder_lr`` (default
+    ``lr``); both follow :func:`warmup_linear_decay` with ``warmup * steps`` warmup steps. The steps are
+    cut into ``chunks`` equal parts, the "epochs" of ``fit``: ``evaluate(chunk)`` runs after each (a
+    learning curve). ``features``: one ``[L_i, D]`` tensor per item when the encoder reads cached
+    features. Returns ``fit``'s History (loss per step, metrics per chunk)."""
+    from lib.train import fit
+
+    for name, value in (("steps", steps), ("chunks", chunks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if not items:
+        raise ValueError("items: expected at least one training sentence")
+    if features is not None and len(features) != len(items):
+        raise ValueError(f"features: expected one tensor per item ({len(items)}), got {len(features)}")
+    device = next(model.parameters()).device
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": lr},
+              {"params": list(model.encoder.parameters()), "lr": lr if encoder_lr is None else encoder_lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(steps, int(warmup * steps)))
+    lengths = [len(it.input_ids) for it in items]
+    num_labels = model.argu.num_heads
+
+    def stream():
+        passes = 0
+        while True:
+            yield from length_batches(lengths, max_cells=max_cells, batch_size=batch_size, shuffle=True,
+                                      seed=seed + passes)
+            passes += 1
+
+    order = stream()
+    per_chunk = -(-steps // chunks)
+
+    def batches(chunk: int) -> list[list[int]]:
+        return [next(order) for _ in range(max(0, min(per_chunk, steps - chunk * per_chunk)))]
+
+    def step(idx: list[int]) -> float:
+        model.train()
+        batch = collate([items[i] for i in idx], num_labels, None if features is None else [features[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = gplinker_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return loss.item()
+
+    return fit(step, batches, chunks, evaluate=evaluate, desc=desc)
+
+
+def score_documents(scores: Sequence[SentenceScores], items: Sequence[EncodedSentence],
+                    labels: Sequence[tuple[str, str]], *, threshold_arg: float = 0.0, threshold_link: float = 0.0,
+                    strategy: str = "clique") -> dict[str, PRF]:
+    """Decode every sentence (:func:`decode_scores`) and score it against its gold events: ``trigger``,
+    ``argument``, ``official`` and ``event`` P/R/F1."""
+    if len(scores) != len(items):
+        raise ValueError(f"scores, items: expected one SentenceScores per item, got {len(scores)} and {len(items)}")
+    pred = [to_scored(decode_scores(sc, labels, threshold_arg=threshold_arg, threshold_link=threshold_link,
+                                    strategy=strategy), it.text, it.offsets) for sc, it in zip(scores, items)]
+    gold = [it.gold for it in items]
+    return {"trigger": trigger_prf(pred, gold), "argument": argument_prf(pred, gold),
+            "official": official_prf(pred, gold), "event": event_prf(pred, gold)}

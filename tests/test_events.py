@@ -713,3 +713,41 @@ def test_efficient_gp_loss_rejects_masked_gold_cells():
     pairs[0, 0, 0] = torch.tensor([1, 7])          # out of range
     with pytest.raises(ValueError, match="pairs"):
         E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+
+
+def test_warmup_linear_decay_by_hand():
+    f = E.warmup_linear_decay(10, 2)
+    assert [round(f(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    assert E.warmup_linear_decay(4, 0)(0) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps"):
+        E.warmup_linear_decay(4, 4)
+
+
+def test_train_gplinker_runs_the_requested_steps_and_learns_the_toy():
+    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
+    labels = E.build_labels(schema)
+    index = {lab: i for i, lab in enumerate(labels)}
+    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+    torch.manual_seed(0)
+    model = E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, len(labels), 8)
+    seen = []
+    history = E.train_gplinker(model, items, steps=7, lr=1e-2, max_cells=10_000, chunks=3,
+                               evaluate=lambda c: seen.append(c) or {})
+    assert len(history.losses) == 7 and seen == [0, 1, 2]
+    # features path: the same items with [L_i, D] features and a linear "encoder"
+    feats = [torch.randn(len(it.input_ids), 16) for it in items]
+    model = E.GPLinkerEE(_Linear(16), 16, len(labels), 8)
+    history = E.train_gplinker(model, items, features=feats, steps=3, lr=1e-2, chunks=1)
+    assert len(history.losses) == 3
+    scores = E.predict_scores(model, items, feats, floor=-10.0)
+    res = E.score_documents(scores, items, labels, threshold_arg=10.0)
+    assert res["event"].predicted == 0 and res["event"].gold == 3
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.lin = torch.nn.Linear(d, d)
+
+    def forward(self, x, mask):
+        return self.lin(x)
