@@ -238,7 +238,7 @@ def test_bad_notebook_fixture_fails(tmp_path, definitions):
     path = tmp_path / "99_bad.ipynb"
     nbformat.write(notebook, str(path))
     problems = "\n".join(notebook_problems(path, definitions))
-    for expected in ("'spec'", "numbered pitfall", "numbered flag", "'$$' inside a line of prose",
+    for expected in ("'spec'", "numbered pitfall", "numbered flag", "no blank line before a display block",
                      "no blank line before the table", "figsize width 11", "font size 6"):
         assert expected in problems, (expected, problems)
 
