@@ -41,6 +41,7 @@ CHAPTER = os.environ.get("BOOK_LIVE_CHAPTER", "03_entropy_normalization")
 RUNS = int(os.environ.get("BOOK_LIVE_RUNS", "1"))
 RUN_TIMEOUT_S = 1200  # executing the whole chapter in the kernel (budget 6 min on a quiet machine)
 LOCAL_HOSTS = {"127.0.0.1"}
+KERNEL_START_TIMEOUT_S = 300
 PAGE_LOAD_TIMEOUT_MS = 180_000  # JupyterLab's page on a loaded 2-core machine took > 30 s (Playwright's default)
 
 
@@ -157,19 +158,26 @@ def shut_down_kernels(base: str, token: str) -> None:
         urllib.request.urlopen(request, timeout=60).close()  # noqa: S310
 
 
-def open_notebook(context, base: str, token: str, name: str, errors: list[str]):
-    page = context.new_page()
+KERNEL_IDLE = ("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; const k = w && "
+               "w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel; "
+               "return !!k && k.status === 'idle'; }")
+
+
+def open_notebook(page, base: str, token: str, name: str, errors: list[str]) -> None:
+    """Open `name` in JupyterLab and wait until its kernel is idle. If JupyterLab asks which kernel to use
+    (it may, after the previous run's session was deleted), accept its proposal: the notebook's python3."""
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
-    page.wait_for_function(
-        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget && "
-        "window.jupyterapp.shell.currentWidget.sessionContext && "
-        "window.jupyterapp.shell.currentWidget.sessionContext.session && "
-        "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel && "
-        "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'", timeout=120_000)
-    return page
+    deadline = time.monotonic() + KERNEL_START_TIMEOUT_S
+    while not page.evaluate(KERNEL_IDLE):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel of {name} was not idle {KERNEL_START_TIMEOUT_S} s after opening it")
+        accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        page.wait_for_timeout(1000)
 
 
 CELL_STATE = """() => {
@@ -258,9 +266,9 @@ def check_one_run(browser, lab, notebook: Path) -> None:
     base, token, log = lab
     errors, external = [], []
     context = local_only_context(browser, external)
-    page = None
+    page = context.new_page()
     try:
-        page = open_notebook(context, base, token, notebook.name, errors)
+        open_notebook(page, base, token, notebook.name, errors)
         state = run_all_cells(page)
         assert not state["errors"], f"{notebook.name}: cells raised:\n" + "\n".join(state["errors"])
         assert state["done"] == state["code"] > 0, state
@@ -279,11 +287,10 @@ def check_one_run(browser, lab, notebook: Path) -> None:
         assert "Traceback" not in root.inner_text(), root.inner_text()[-2000:]
         assert not external, f"requests to other hosts (aborted): {sorted(set(external))}"
         assert not errors, "\n".join(errors)
-    except Exception:
-        if page is not None:  # what the reader would have seen, for the failure report
-            shot = Path(log).with_name(f"{notebook.stem}-failure.png")
-            page.screenshot(path=str(shot), full_page=False)
-            print(f"screenshot of the failure: {shot}")
+    except Exception:  # what the reader would have seen, for the failure report
+        shot = Path(log).with_name(f"{notebook.stem}-failure-{time.strftime('%H%M%S')}.png")
+        page.screenshot(path=str(shot), full_page=False)
+        print(f"screenshot of the failure: {shot}")
         raise
     finally:
         context.close()
