@@ -80,8 +80,11 @@ bench: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m http.server 8000 --bind 127.0.0.1 --directory _build/html
 
+# JupyterLab asks nothing of the network: no news feed, no update check, no PyPI extension manager.
+LAB_OFFLINE := --LabApp.news_url= --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+               --LabApp.extension_manager=readonly
 lab: $(STAMP)
-	BOOK_BUILD=0 $(VENV)/bin/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) book/
+	BOOK_BUILD=0 $(VENV)/bin/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_OFFLINE) book/
 
 clean:
 	rm -rf _build .cache
