@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lib.checks import check_choice
+from lib.checks import check_choice, check_finite
+from lib.train import fit
 
 MODES = (None, "F", "D", "gauss")
 TARGETS = ("grad", "update")
@@ -53,6 +54,15 @@ def _check_prob(name: str, p: Any, *, allow_one: bool = True) -> float:
     if not ok or math.isnan(p):
         raise ValueError(f"{name} must be in (0, 1{']' if allow_one else ')'}, got {p!r}")
     return p
+
+
+def _check_real(name: str, value: Any) -> float:
+    """Return ``float(value)`` if it is a finite real number, else raise TypeError/ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -75,7 +85,7 @@ def _make_generator(generator: torch.Generator | None, seed: int) -> torch.Gener
 def bernoulli_mask_like(t: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """A 0/1 mask with the shape, dtype and device of ``t``; each entry is 1 with probability ``p``.
 
-    ``p`` is the keep probability (P1 of the spec: not the drop probability of ``nn.Dropout``).
+    ``p`` is the keep probability (not the drop probability of ``nn.Dropout``).
     ``E[M] = p`` and ``E[M / p] = 1``. Draws come from ``generator`` (a dedicated stream, so masking does
     not shift the global RNG that drives data order and model dropout).
 
@@ -142,6 +152,8 @@ def fisher_mask(
     for name in names:
         if not isinstance(fisher[name], Tensor):
             raise TypeError(f"fisher[{name!r}] must be a tensor, got {type(fisher[name]).__name__}")
+        check_finite(f"fisher[{name!r}]", fisher[name],
+                     what="a NaN score would be ranked as the largest; check the loss used for the Fisher pass")
     flat = torch.cat([fisher[n].detach().reshape(-1).float().cpu() for n in names])
     n_total = flat.numel()
     k = max(1, min(n_total, round(reserve_p * n_total)))
@@ -164,8 +176,22 @@ def fisher_mask(
     return out
 
 
+def _check_bool_masks(name: str, masks: Any) -> None:
+    """Raise unless ``masks`` is a mapping of boolean tensors (scores or 0/1 floats are a different thing)."""
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"{name} must be a mapping name/parameter -> bool tensor, got {type(masks).__name__}")
+    for key, mask in masks.items():
+        label = key if isinstance(key, str) else f"parameter of shape {tuple(getattr(key, 'shape', ()))}"
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{name}[{label!r}] must be a bool tensor, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{name}[{label!r}] must be a bool tensor (a mask), got dtype {mask.dtype}; "
+                            "turn Fisher scores into a mask with fisher_mask, or 0/1 values with .bool()")
+
+
 def mask_density(masks: Mapping[Any, Tensor]) -> float:
-    """Fraction of ``True`` entries over all masks together."""
+    """Fraction of ``True`` entries over all masks together (the masks must be bool tensors)."""
+    _check_bool_masks("masks", masks)
     total = sum(m.numel() for m in masks.values())
     if total == 0:
         raise ValueError("masks must contain at least one element")
@@ -174,6 +200,7 @@ def mask_density(masks: Mapping[Any, Tensor]) -> float:
 
 def masks_by_parameter(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[nn.Parameter, Tensor]:
     """Turn ``{parameter name: mask}`` into ``{parameter: mask}`` (what :class:`ChildTuningHook` takes)."""
+    _check_bool_masks("masks", masks)
     params = dict(model.named_parameters())
     unknown = [n for n in masks if n not in params]
     if unknown:
@@ -195,7 +222,7 @@ class ChildTuningHook:
     ``optimizer.step()`` (what :class:`ChildTuningCallback` does inside a ``transformers.Trainer``).
 
     Because the mask is applied right before ``step()``, it acts **after** gradient clipping, the order
-    of the official pipeline (pitfall P2).
+    of the official pipeline.
 
     Modes (``p`` = ``reserve_p``, the keep ratio):
 
@@ -205,7 +232,7 @@ class ChildTuningHook:
       masked, ``theta <- theta_old + (theta_new - theta_old)*M/p`` (Su's "incre drop", eq. 6).
     * ``"D"``: fixed masks ``{parameter: bool tensor}`` (:meth:`set_masks`); ``g <- g*M`` (or ``g*M/p``
       with ``rescale=True``). Parameters without a mask are not touched. With ``decay_masked=False``
-      masked-out entries are restored after the step, so decoupled weight decay cannot move them (P3).
+      masked-out entries are restored after the step, so decoupled weight decay cannot move them.
     * ``"gauss"``: the matched-moment multiplicative noise of eq. (13), ``g <- g*(1 + s*xi)``,
       ``s = sqrt((1-p)/p)``: same first two moments as ``g*M/p`` but no sparsity.
 
@@ -330,17 +357,20 @@ class ChildTuningHook:
 class ChildTuningAdamW(torch.optim.Optimizer):
     """AdamW as in the official ``ChildTuningAdamW`` (alibaba/AliceMind), with the mask inside ``step``.
 
-    For each parameter with gradient ``g`` (Algorithm A of the spec):
+    For each parameter with gradient ``g``:
 
     1. ``mode="D"`` and a stored mask ``M``: ``g <- g*M`` (``/p`` if ``rescale``).
     2. ``mode="F"``, ``target="grad"``: ``g <- g*M/p`` with a fresh ``M ~ Bernoulli(p)``.
     3. ``m <- b1*m + (1-b1)*g``, ``v <- b2*v + (1-b2)*g^2``,
-       ``u = lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)`` (HF style: eps before bias correction, P5).
+       ``u = lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)`` (HF style: eps before bias correction).
     4. ``mode="F"``, ``target="update"``: ``u <- u*M/p`` with a fresh mask.
     5. ``theta <- theta - u``, then decoupled decay ``theta <- theta - lr*wd*theta`` (skipped on masked-out
        entries in D mode when ``decay_masked=False``).
 
     Masks are drawn from ``generator`` in parameter order, exactly like :class:`ChildTuningHook`.
+    The moments and the update are computed in float32 (float64 for float64 parameters) whatever the
+    parameter's dtype, so half-precision parameters with small gradients still receive their update
+    (rounded once, when it is written back).
     """
 
     def __init__(
@@ -360,12 +390,13 @@ class ChildTuningAdamW(torch.optim.Optimizer):
         generator: torch.Generator | None = None,
         seed: int = 0,
     ) -> None:
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got eps={eps!r}, weight_decay={weight_decay!r}")
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         check_choice("mode", mode, (None, "F", "D"))
         check_choice("target", target, TARGETS)
         if target == "update" and mode != "F":
@@ -380,8 +411,16 @@ class ChildTuningAdamW(torch.optim.Optimizer):
         self.gradient_mask: dict[int, Tensor] = {}
 
     def set_gradient_mask(self, masks: Mapping[nn.Parameter, Tensor]) -> None:
-        """Fixed D-mode masks ``{parameter: bool tensor}``; parameters absent from the dict are unmasked."""
-        self.gradient_mask = {id(p): m.to(device=p.device, dtype=torch.bool) for p, m in masks.items()}
+        """Fixed D-mode masks ``{parameter: bool tensor of its shape}``; parameters absent from the dict are
+        unmasked."""
+        _check_bool_masks("masks", masks)
+        for param, mask in masks.items():
+            if not isinstance(param, Tensor):
+                raise TypeError(f"masks must be keyed by parameters, got a key of type {type(param).__name__}")
+            if mask.shape != param.shape:
+                raise ValueError(f"masks: a mask of shape {tuple(mask.shape)} was given for a parameter of shape "
+                                 f"{tuple(param.shape)}")
+        self.gradient_mask = {id(p): m.to(device=p.device) for p, m in masks.items()}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # noqa: C901 (mirrors the paper)
@@ -392,7 +431,8 @@ class ChildTuningAdamW(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                grad = param.grad
+                work = torch.float64 if param.dtype == torch.float64 else torch.float32
+                grad = param.grad.to(work)
                 mask = self.gradient_mask.get(id(param)) if self.mode == "D" else None
                 if mask is not None:
                     grad = grad * (mask.to(grad.dtype) / p_keep if self.rescale else mask.to(grad.dtype))
@@ -402,8 +442,8 @@ class ChildTuningAdamW(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    state["exp_avg"] = torch.zeros_like(param, dtype=work)
+                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=work)
                 state["step"] += 1
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(b1).add_(grad, alpha=1.0 - b1)
@@ -416,12 +456,15 @@ class ChildTuningAdamW(torch.optim.Optimizer):
                 if self.mode == "F" and self.target == "update":
                     keep = bernoulli_mask_like(update, p_keep, self.generator)
                     update = update * (keep / p_keep if self.rescale else keep)
-                param.sub_(update)
+                value = param if param.dtype == work else param.to(work)
+                value.sub_(update)
                 if group["weight_decay"] > 0.0:
-                    decay = param * (group["lr"] * group["weight_decay"])
+                    decay = value * (group["lr"] * group["weight_decay"])
                     if mask is not None and not self.decay_masked:
                         decay = decay * mask.to(decay.dtype)
-                    param.sub_(decay)
+                    value.sub_(decay)
+                if value is not param:
+                    param.copy_(value)
         return loss
 
 
@@ -578,7 +621,8 @@ def sgd_dropout_moments(mu: float, sigma: float, p: float) -> tuple[float, float
     """Mean and variance of ``g*eps/p`` for ``E g = mu``, ``Var g = sigma^2``, ``eps ~ Bernoulli(p)``
     independent of ``g`` (eqs. 7-8): ``(mu, (mu^2 + sigma^2)/p - mu^2)``; no Gaussianity needed."""
     p = _check_prob("p", p)
-    if sigma < 0:
+    _check_real("mu", mu)
+    if _check_real("sigma", sigma) < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     return float(mu), float((mu**2 + sigma**2) / p - mu**2)
 
@@ -602,8 +646,11 @@ def adam_stationary_moments(
     """
     p = _check_prob("p", p)
     check_choice("mode", mode, ("none", "grad", "gauss", "lr_sqrt_p", "update"))
-    if not 0.0 <= beta1 < 1.0:
+    if not 0.0 <= _check_real("beta1", beta1) < 1.0:
         raise ValueError(f"beta1 must be in [0, 1), got {beta1!r}")
+    _check_real("mu", mu)
+    if _check_real("sigma", sigma) < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     if mu == 0 and sigma == 0:
         raise ValueError("mu and sigma cannot both be 0")
     c = (1.0 - beta1) / (1.0 + beta1)
@@ -779,9 +826,9 @@ def make_teacher_tasks(
     """
     for name, value in (("dim", dim), ("hidden", hidden), ("n_source", n_source), ("n_target", n_target), ("n_test", n_test)):
         _check_positive_int(name, value)
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes!r}")
-    if shift < 0:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+    if _check_real("shift", shift) < 0:
         raise ValueError(f"shift must be >= 0, got {shift!r}")
     gen = torch.Generator().manual_seed(seed)
     w1 = torch.randn(dim, hidden, generator=gen) / math.sqrt(dim) * 2.0
@@ -809,11 +856,16 @@ def pretrain_student(
     gen = torch.Generator().manual_seed(seed)
     model = _mlp([x.shape[1], hidden, hidden, int(y.max()) + 1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        for idx in torch.randperm(x.shape[0], generator=gen).split(batch_size):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+
+    def step(idx: Tensor) -> float:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    fit(step, lambda epoch: list(torch.randperm(x.shape[0], generator=gen).split(batch_size)), epochs,
+        desc="pretrain student", progress=False)
     return model
 
 
@@ -868,14 +920,17 @@ def finetune_toy(
     opt = torch.optim.Adam(model.parameters(), lr=lr * (math.sqrt(p) if method == "lr_sqrt_p" else 1.0))
     hook.attach(opt)
     theta0 = _param_vector(model)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+
+    def step(idx: Tensor) -> float:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        return loss.item()
+
+    size = min(batch_size, x.shape[0])
+    batches = [torch.randint(0, x.shape[0], (size,), generator=gen) for _ in range(steps)]
+    losses = fit(step, lambda epoch: batches, 1, desc=f"toy {method}", progress=False).losses
     hook.detach()
     with torch.no_grad():
         acc = (model(data["x_test"]).argmax(-1) == data["y_test"]).float().mean().item()
@@ -883,204 +938,219 @@ def finetune_toy(
 
 
 # ----------------------------------------------------------------------------------------------
-# the real task: the top layers of a pretrained sentence encoder fine-tuned on STS-B (bi-encoder)
+# the real task: MiniLM as a cross-encoder on GLUE RTE, trainable top layers on cached features
 # ----------------------------------------------------------------------------------------------
-def additive_attention_mask(attention_mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``[B, L]`` 0/1 mask -> ``[B, 1, 1, L]`` additive mask (0 where attended, ``finfo.min`` elsewhere)."""
-    if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be a [B, L] tensor, got {getattr(attention_mask, 'shape', attention_mask)!r}")
-    keep = attention_mask.bool()[:, None, None, :]
-    return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
+RTE_METHODS = ("vanilla", "F", "D", "lr_sqrt_p", "random", "head")
 
 
-@torch.no_grad()
-def encode_features(
-    bert: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, max_length: int = 64, batch_size: int = 128
-) -> list[Tensor]:
-    """Hidden states after encoder layer ``layer`` (0 = embedding output) of a ``BertModel``, per text.
-
-    Runs the frozen lower part once, in eval mode. Returns one ``[L_i, H]`` tensor per text (padding
-    removed), the input of :class:`TopLayersEncoder`."""
-    n_layers = bert.config.num_hidden_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
-        raise ValueError(f"layer must be an int in [0, {n_layers}], got {layer!r}")
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a sequence of str")
-    was_training = bert.training
-    bert.eval()
-    out: list[Tensor] = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
-        hidden = bert(**enc, output_hidden_states=True).hidden_states[layer]
-        out.extend(h[: int(m.sum())].clone() for h, m in zip(hidden, enc["attention_mask"]))
-    bert.train(was_training)
+def pair_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int = 128) -> list[list[int]]:
+    """Token ids of each sentence pair encoded *together* (a cross-encoder input):
+    ``[CLS] a [SEP] b [SEP]``, truncated longest-first to ``max_length`` tokens. Returns one id list per pair."""
+    _check_positive_int("max_length", max_length)
+    if isinstance(pairs, (str, bytes)) or not len(pairs):
+        raise ValueError("pairs must be a non-empty sequence of (text_a, text_b)")
+    out = []
+    for i, pair in enumerate(pairs):
+        a, b = pair[0], pair[1]
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise TypeError(f"pairs[{i}] must start with two str, got {type(a).__name__}, {type(b).__name__}")
+        out.append(list(tokenizer(a, b, truncation=True, max_length=max_length)["input_ids"]))
     return out
 
 
-def pad_features(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Stack ``[L_i, H]`` tensors into ``hidden [B, L, H]`` and ``attention_mask [B, L]`` (right padding)."""
-    if not features:
-        raise ValueError("features must not be empty")
-    length = max(f.shape[0] for f in features)
-    hidden = features[0].new_zeros(len(features), length, features[0].shape[1])
-    mask = torch.zeros(len(features), length, dtype=torch.long)
-    for i, f in enumerate(features):
-        hidden[i, : f.shape[0]] = f
-        mask[i, : f.shape[0]] = 1
-    return hidden, mask
+def cls_layer_output(layer: nn.Module, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """The output of one BERT layer (``transformers`` ``BertLayer``, Post-LN) at position 0 ([CLS]) only.
+
+    hidden ``[B, L, D]`` (the layer's input), attention_mask ``[B, L]`` -> ``[B, D]``, equal to
+    ``layer(hidden, mask)[0][:, 0]``. Only the [CLS] query is formed, and its attention is rewritten by
+    associativity: with head ``h``'s key map ``k_j = W_k^h x_j + b_k^h`` the scores are
+    ``q^h . k_j = (W_k^{h T} q^h) . x_j + q^h . b_k^h`` and the context is
+    ``sum_j a_j v_j = W_v^h (sum_j a_j x_j) + b_v^h``. The keys and values of the L tokens are never
+    built: the cost per sequence is ``O(D^2 + H L D)`` instead of the full layer's ``O(L D^2)``, and the
+    gradients reach every weight of the layer (keys and values included), exactly as through the full
+    layer. A classifier that reads only [CLS] needs nothing else from its last layer."""
+    from lib.checks import check_tensor
+
+    check_tensor("hidden", hidden, 3, floating=True)
+    check_tensor("attention_mask", attention_mask, 2)
+    if attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"attention_mask must be {tuple(hidden.shape[:2])}, got {tuple(attention_mask.shape)}")
+    attn = layer.attention.self
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    batch, _, dim = hidden.shape
+    x0 = hidden[:, :1]                                                    # [B, 1, D]
+    q = attn.query(x0[:, 0]).view(batch, heads, size)                     # [B, H, d]
+    wk = attn.key.weight.view(heads, size, dim)                           # [H, d, D]
+    wv = attn.value.weight.view(heads, size, dim)
+    u = torch.einsum("bhd,hdi->bhi", q, wk)                               # [B, H, D]
+    scores = torch.einsum("bhi,bli->bhl", u, hidden) + torch.einsum("bhd,hd->bh", q, attn.key.bias.view(heads, size))[..., None]
+    scores = scores * size ** -0.5
+    scores = scores.masked_fill(~attention_mask.bool().to(hidden.device)[:, None, :], torch.finfo(scores.dtype).min)
+    probs = attn.dropout(torch.softmax(scores, dim=-1))                  # [B, H, L]
+    pooled = torch.einsum("bhl,bli->bhi", probs, hidden)                  # [B, H, D]
+    context = torch.einsum("bhi,hdi->bhd", pooled, wv) + attn.value.bias.view(heads, size) * probs.sum(-1, keepdim=True)
+    attention_out = layer.attention.output(context.reshape(batch, 1, heads * size), x0)
+    return layer.output(layer.intermediate(attention_out), attention_out)[:, 0]
 
 
-class TopLayersEncoder(nn.Module):
-    """The top ``num_layers`` encoder layers of a pretrained ``BertModel`` followed by mean pooling.
+class CrossEncoderClassifier(nn.Module):
+    """Trainable top layers of a pretrained encoder + a linear head on the [CLS] output.
 
-    Input: hidden states after layer ``L - num_layers`` (:func:`encode_features`) ``[B, T, H]`` and the
-    ``[B, T]`` attention mask; output: sentence embeddings ``[B, H]`` (masked mean over tokens, the
-    pooling all-MiniLM-L6-v2 was trained with). The layers are deep copies (the source model is not
-    modified) and their parameter names contain ``"layer"``, the official ChildTuning-D scope.
-    """
+    forward(hidden ``[B, L, D]`` — cached features after the frozen first ``k`` layers —, attention_mask
+    ``[B, L]``) -> logits ``[B, num_labels]``. ``top`` is a :class:`lib.encoders.TopLayers`; all its
+    applications but the last run on every token, the last only at [CLS] (:func:`cls_layer_output`).
+    Parameter names are ``top.layers.<i>. ...`` (inside the official ChildTuning-D scope, see
+    :func:`official_scope`) and ``classifier.*`` (outside it)."""
 
-    def __init__(self, bert: nn.Module, num_layers: int) -> None:
+    def __init__(self, top: nn.Module, num_labels: int = 2, dropout: float = 0.1) -> None:
         super().__init__()
-        total = bert.config.num_hidden_layers
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
-            raise ValueError(f"num_layers must be an int in [1, {total}], got {num_layers!r}")
-        self.layer = nn.ModuleList(copy.deepcopy(bert.encoder.layer[total - num_layers:]))
+        if not hasattr(top, "layers") or not hasattr(top, "schedule"):
+            raise TypeError(f"top must be a lib.encoders.TopLayers, got {type(top).__name__}")
+        _check_positive_int("num_labels", num_labels)
+        self.top = top
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(int(top.config.hidden_size), num_labels)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        mask4 = additive_attention_mask(attention_mask, hidden.dtype)
-        for block in self.layer:
-            out = block(hidden, attention_mask=mask4)
-            hidden = out[0] if isinstance(out, tuple) else out
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        from lib.encoders import TopLayers
 
-    def embed(self, features: Sequence[Tensor], batch_size: int = 256) -> Tensor:
-        """Embeddings ``[N, H]`` of ``N`` cached feature tensors (batched by length, no gradient)."""
-        order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
-        out = torch.empty(len(features), self.layer[0].output.dense.out_features)
-        with torch.no_grad():
-            for chunk in torch.tensor(order).split(batch_size):
-                out[chunk] = self(*pad_features([features[i] for i in chunk.tolist()]))
-        return out
+        schedule = self.top.schedule
+        if len(schedule) > 1:
+            hidden = TopLayers(self.top.layers, schedule[:-1], self.top.config)(hidden, attention_mask)
+        cls = cls_layer_output(self.top.layers[schedule[-1]], hidden, attention_mask)
+        return self.classifier(self.dropout(cls))
 
 
-def pair_cosine(model: TopLayersEncoder, features: Sequence[Tensor], pairs: Tensor) -> Tensor:
-    """Cosine similarity ``[B]`` of the sentence pairs ``pairs [B, 2]`` (indices into ``features``)."""
-    ids, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
-    emb = model(*pad_features([features[i] for i in ids.tolist()]))
-    emb = emb[inverse.reshape(-1, 2)]
-    return nn.functional.cosine_similarity(emb[:, 0], emb[:, 1], dim=-1)
+def _feature_batches(features: Sequence[Tensor], idx: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    from lib.encoders import pad_features
+
+    hidden, mask = pad_features([features[i] for i in idx])
+    return hidden.to(device), mask.to(device)
 
 
-def spearman(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor) -> float:
-    """Spearman rank correlation (``scipy.stats.spearmanr``)."""
-    from scipy.stats import spearmanr
+@torch.no_grad()
+def accuracy(model: nn.Module, features: Sequence[Tensor], labels: Tensor, batch_size: int = 64) -> float:
+    """Accuracy of ``model(hidden, mask).argmax(-1)`` against ``labels [N]`` (eval mode, batched by length)."""
+    from lib.train import length_batches
 
-    return float(spearmanr(np.asarray(a), np.asarray(b)).statistic)
-
-
-def evaluate_sts(model: TopLayersEncoder, features: Sequence[Tensor], pairs: Tensor, scores: Tensor) -> float:
-    """Spearman x 100 between gold scores ``[N]`` and the cosine of the embeddings of ``pairs [N, 2]``."""
+    if len(features) != len(labels):
+        raise ValueError(f"features ({len(features)}) and labels ({len(labels)}) must have the same length")
     was_training = model.training
     model.eval()
-    emb = model.embed(features)
+    device = next(model.parameters()).device
+    correct = 0
+    for idx in length_batches([f.shape[0] for f in features], batch_size=batch_size, shuffle=False):
+        logits = model(*_feature_batches(features, idx, device))
+        correct += int((logits.argmax(-1).cpu() == labels[idx]).sum())
     model.train(was_training)
-    cos = nn.functional.cosine_similarity(emb[pairs[:, 0]], emb[pairs[:, 1]], dim=-1)
-    return 100.0 * spearman(cos, scores)
+    return correct / len(labels)
 
 
-def finetune_sts(
-    bert: nn.Module,
-    num_layers: int,
-    train: tuple[Sequence[Tensor], Tensor, Tensor],
-    dev: tuple[Sequence[Tensor], Tensor, Tensor],
+def finetune_classifier(
+    top: nn.Module,
+    train: tuple[Sequence[Tensor], Tensor],
+    dev: tuple[Sequence[Tensor], Tensor],
     method: str,
+    *,
     p: float = 0.3,
-    epochs: int = 1,
-    lr: float = 1e-4,
+    lr: float = 2e-4,
+    epochs: int = 3,
     batch_size: int = 16,
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
     max_grad_norm: float = 1.0,
-    fisher_batches: int = 16,
-    evaluate_start: bool = False,
+    fisher_batches: int = 32,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fine-tune :class:`TopLayersEncoder` as a bi-encoder on STS pairs and report dev Spearman (x100).
+    """Fine-tune a :class:`CrossEncoderClassifier` on a copy of ``top`` with one ChildTuning arm.
 
-    ``train`` / ``dev`` are ``(features, pairs [N, 2], scores [N] in [0, 1])``. Loss: MSE between the
-    cosine of the two embeddings and the score (sentence-transformers' ``CosineSimilarityLoss``).
+    ``train`` / ``dev``: ``(features, labels [N])``, features a list of ``[L_i, D]`` cached hidden states
+    (:func:`lib.encoders.cached_features`). Training goes through :func:`lib.train.fit` with
+    :func:`lib.train.length_batches` (batch order seeded by ``seed`` and the epoch). ``method``:
 
-    ``method``: ``vanilla``; ``F`` (ChildTuning-F, gradient dropout with keep ratio ``p``); ``D``
-    (ChildTuning-D: per-batch Fisher with per-tensor clipping over ``fisher_batches`` training batches at
-    the pretrained weights, top ``p`` of all encoder-layer scalars); ``lr_sqrt_p`` (vanilla, lr x sqrt(p)).
-    Optimizer: ``torch.optim.AdamW`` (eps 1e-8; no decay on biases and LayerNorm weights) with the
-    :class:`ChildTuningHook` attached, linear warmup then linear decay, global-norm clipping before the
-    mask (the official order). Returns ``spearman``, ``spearman_start`` (before training, only with
-    ``evaluate_start``, else NaN), ``losses``, ``seconds``,
-    ``density`` (fraction of scalars the mask keeps; 1 if there is no fixed mask) and, for ``D``,
-    ``density_by_param`` (kept fraction per parameter tensor).
-    """
-    check_choice("method", method, ("vanilla", "F", "D", "lr_sqrt_p"))
+    * ``vanilla``; ``lr_sqrt_p`` (vanilla with lr x sqrt(p): Su's reading of ChildTuning-F);
+    * ``F`` (ChildTuning-F: gradient dropout, keep ratio ``p``, on every parameter, as the official code);
+    * ``D`` (ChildTuning-D: per-batch Fisher, each tensor's gradient clipped to ``max_grad_norm``, over
+      ``fisher_batches`` training batches at the pretrained weights; the top ``p`` of all scalars in the
+      encoder layers — :func:`official_scope` — form the child network; the head is never masked);
+    * ``random`` (the ablation: a fixed mask of exactly the same size as D's, placed uniformly at random
+      over the same scope);
+    * ``head`` (reference: the encoder layers frozen, only the head trains).
+
+    Optimizer: ``torch.optim.AdamW`` (eps 1e-8; no decay on biases and LayerNorm) with a
+    :class:`ChildTuningHook`, linear warmup then linear decay, global-norm clipping *before* the mask
+    (the official order). Returns ``dev_acc`` (after the last epoch), ``dev_acc_by_epoch``, ``losses``
+    (per step), ``seconds``, ``density`` (fraction of in-scope scalars the fixed mask keeps; 1 without one)
+    and ``density_by_param``."""
+    from lib.train import fit, length_batches
+    from lib.utils import device as default_device
+
+    check_choice("method", method, RTE_METHODS)
     p = _check_prob("p", p)
+    for name, value in (("lr", lr), ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio),
+                        ("max_grad_norm", max_grad_norm)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    feats, labels = train
+    if len(feats) != len(labels):
+        raise ValueError(f"train features ({len(feats)}) and labels ({len(labels)}) must have the same length")
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = TopLayersEncoder(bert, num_layers)
-    feats, pairs, scores = train
-    spearman_start = evaluate_sts(model, *dev) if evaluate_start else float("nan")
-    model.train()
+    dev_device = default_device()
+    model = CrossEncoderClassifier(copy.deepcopy(top)).to(dev_device).train()
+    lengths = [f.shape[0] for f in feats]
     density, density_by_param = 1.0, {}
     hook = ChildTuningHook(None)
     if method == "F":
         hook = ChildTuningHook("F", p, seed=seed + 1)
-    elif method == "D":
-        fisher_idx = torch.randperm(len(pairs), generator=gen)[: fisher_batches * batch_size]
+    elif method in ("D", "random"):
+        fisher_idx = torch.randperm(len(labels), generator=gen)[: fisher_batches * batch_size]
 
-        def mse(m: nn.Module, idx: Tensor) -> Tensor:
-            return ((pair_cosine(m, feats, pairs[idx]) - scores[idx]) ** 2).mean()
+        def nll(m: nn.Module, idx: Tensor) -> Tensor:
+            logits = m(*_feature_batches(feats, idx.tolist(), dev_device))
+            return nn.functional.cross_entropy(logits, labels[idx].to(dev_device))
 
-        fisher = fisher_diagonal(model, fisher_idx.split(batch_size), mse, per_sample=False,
+        scores = fisher_diagonal(model, fisher_idx.split(batch_size), nll, per_sample=False,
                                  param_filter=official_scope, clip_norm=max_grad_norm)
-        name_masks = fisher_mask(fisher, p)
+        if method == "random":  # same count as D (fisher_mask keeps exactly round(p N)), random places
+            scores = {n: torch.rand(s.shape, generator=gen) for n, s in scores.items()}
+        name_masks = fisher_mask(scores, p)
         density = mask_density(name_masks)
         density_by_param = {n: m.float().mean().item() for n, m in name_masks.items()}
         hook = ChildTuningHook("D", p, masks=masks_by_parameter(model, name_masks))
-    is_plain = [n.endswith("bias") or "LayerNorm" in n for n, _ in model.named_parameters()]
-    params = [q for _, q in model.named_parameters()]
-    groups = [{"params": [q for q, f in zip(params, is_plain) if not f], "weight_decay": weight_decay},
-              {"params": [q for q, f in zip(params, is_plain) if f], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr * (math.sqrt(p) if method == "lr_sqrt_p" else 1.0), eps=1e-8)
+    if method == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("classifier"))
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    plain = [n.endswith("bias") or "LayerNorm" in n for n, _ in named]
+    groups = [{"params": [q for (_, q), f in zip(named, plain) if not f], "weight_decay": weight_decay},
+              {"params": [q for (_, q), f in zip(named, plain) if f], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr * (math.sqrt(p) if method == "lr_sqrt_p" else 1.0), eps=1e-8, foreach=True)
     hook.attach(opt)
-    total = math.ceil(len(pairs) / batch_size) * epochs
+    steps_per_epoch = len(length_batches(lengths, batch_size=batch_size, seed=0))
+    total = steps_per_epoch * epochs
     warmup = max(1, int(warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    losses = []
-    for _ in range(epochs):
-        for idx in torch.randperm(len(pairs), generator=gen).split(batch_size):
-            loss = ((pair_cosine(model, feats, pairs[idx]) - scores[idx]) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+    params = [q for _, q in named]
+
+    def step(idx: list[int]) -> float:
+        loss = nn.functional.cross_entropy(model(*_feature_batches(feats, idx, dev_device)), labels[idx].to(dev_device))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        return loss.item()
+
+    history = fit(step, lambda epoch: length_batches(lengths, batch_size=batch_size, seed=1000 * seed + epoch),
+                  epochs, evaluate=lambda epoch: {"dev_acc": accuracy(model, *dev)}, desc=f"RTE {method}")
     hook.detach()
-    return {"spearman": evaluate_sts(model, *dev), "spearman_start": spearman_start, "losses": losses,
+    by_epoch = history.metric("dev_acc")
+    return {"dev_acc": by_epoch[-1], "dev_acc_by_epoch": by_epoch, "losses": history.losses,
             "seconds": time.perf_counter() - start, "density": density, "density_by_param": density_by_param}
-
-
-def sts_features(
-    bert: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str, float]], layer: int, max_length: int = 64
-) -> tuple[list[Tensor], Tensor, Tensor]:
-    """``(features of the unique sentences, pairs [N, 2] of indices, scores [N] / 5)`` for STS pairs."""
-    index: dict[str, int] = {}
-    for a, b, _ in pairs:
-        index.setdefault(a, len(index))
-        index.setdefault(b, len(index))
-    feats = encode_features(bert, tokenizer, list(index), layer, max_length=max_length)
-    ids = torch.tensor([[index[a], index[b]] for a, b, _ in pairs], dtype=torch.long)
-    scores = torch.tensor([float(s) / 5.0 for _, _, s in pairs], dtype=torch.float32)
-    return feats, ids, scores

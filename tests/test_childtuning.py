@@ -1,6 +1,7 @@
 """lib.childtuning against oracles that cannot be tuned: binomial/CLT tolerances for masks and moments,
-closed forms (eqs. 7-12 of the spec), brute-force twins (manual dropout, a per-example loop, the official
-optimizer written out), torch's own clipping and transformers / sentence-transformers for the encoder."""
+closed forms (eqs. 7-12 of the chapter), brute-force twins (manual dropout, a per-example loop, the official
+optimizer written out), torch's own clipping and the model's own layers for the cross-encoder shortcut."""
+import copy
 import math
 
 import numpy as np
@@ -502,33 +503,123 @@ def test_trainer_callback_decay_exemption_and_f_mode():
     assert any(not torch.equal(vanilla[n], f_half[n]) for n in vanilla)
 
 
-# ---------------------------------------------------------------- the real encoder
+# ---------------------------------------------------------------- the real encoder (MiniLM cross-encoder)
 @pytest.fixture(scope="module")
 def minilm():
-    from lib import text
+    from lib import encoders as enc
 
-    return text.load_minilm_encoder(), text.load_minilm_tokenizer(), text.minilm_dir()
-
-
-def test_top_layers_on_cached_features_reproduce_sentence_transformers(minilm):
-    from sentence_transformers import SentenceTransformer
-
-    bert, tokenizer, folder = minilm
-    sentences = ["A plane is taking off.", "An air plane is taking off.", "A man is playing a large flute.",
-                 "Three men are playing chess on a wooden board."]
-    for num_layers in (1, 2, 6):
-        feats = ct.encode_features(bert, tokenizer, sentences, bert.config.num_hidden_layers - num_layers)
-        emb = ct.TopLayersEncoder(bert, num_layers).eval().embed(feats)
-        reference = SentenceTransformer(str(folder), device="cpu").encode(sentences, convert_to_tensor=True)
-        torch.testing.assert_close(nn.functional.normalize(emb, dim=-1), reference, atol=2e-5, rtol=0)
+    return enc.load_encoder("minilm", "cpu")
 
 
-def test_additive_attention_mask():
-    mask = ct.additive_attention_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]))
-    assert mask.shape == (2, 1, 1, 3)
-    assert mask[0, 0, 0, 0] == 0 and mask[1, 0, 0, 2] == torch.finfo(torch.float32).min
-    with pytest.raises(ValueError, match="attention_mask"):
-        ct.additive_attention_mask(torch.ones(3))
+def _pair_batch(encoder, k):
+    from lib import encoders as enc
+
+    pairs = [("A plane is taking off.", "An air plane is taking off."),
+             ("A man is playing a large flute.", "Three men are playing chess on a wooden board."),
+             ("Nobody is here.", "The room, which was painted blue in 1999, is full of people talking loudly.")]
+    ids = ct.pair_ids(encoder.tokenizer, pairs, max_length=32)
+    return enc.pad_features(enc.compute_features(encoder, ids, k, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("k", [5, 3])
+def test_cls_shortcut_equals_the_full_top_layers_and_their_gradients(minilm, k):
+    """Oracle: the full TopLayers forward (the model's own layers) read at [CLS], on padded rows; the
+    gradient of every parameter (keys and values included) through the shortcut equals the full one."""
+    hidden, mask = _pair_batch(minilm, k)
+    assert (mask == 0).any()  # padding present
+    torch.manual_seed(0)
+    model = ct.CrossEncoderClassifier(minilm.top(k)).eval()
+    fast = model(hidden, mask)
+    full = model.classifier(model.top(hidden, mask)[:, 0])
+    torch.testing.assert_close(fast, full, atol=2e-5, rtol=0)
+    grads = []
+    for out in (fast, full):
+        model.zero_grad()
+        out.pow(2).sum().backward(retain_graph=True)
+        grads.append({n: q.grad.clone() for n, q in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-5, rtol=1e-4, msg=name)
+    key = "top.layers.0.attention.self.key.weight"
+    assert grads[0][key].abs().max() > 0
+
+
+def test_last_layer_at_cls_equals_the_full_encoder(minilm):
+    """Cached features after 5 layers + the CLS shortcut of layer 6 == MiniLM's own last hidden state at [CLS]."""
+    ids = ct.pair_ids(minilm.tokenizer, [("Dogs bark.", "A dog is barking loudly at night.")], max_length=32)
+    x = torch.tensor(ids)
+    reference = minilm.model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[:, 0]
+    hidden = minilm.hidden_states(x, torch.ones_like(x), 5)
+    top = minilm.top(5).eval()
+    torch.testing.assert_close(ct.cls_layer_output(top.layers[0], hidden, torch.ones_like(x)), reference,
+                               atol=2e-5, rtol=0)
+
+
+def test_pair_ids_encode_the_pair_together_and_truncate(minilm):
+    tok = minilm.tokenizer
+    ids = ct.pair_ids(tok, [("a b c " * 50, "short one")], max_length=20)[0]
+    assert len(ids) == 20 and ids[0] == tok.cls_token_id and ids.count(tok.sep_token_id) == 2
+    assert tok.decode(ids[-3:-1]) == "short one"
+    with pytest.raises(TypeError, match="pairs"):
+        ct.pair_ids(tok, [("a", 3)])
+    with pytest.raises(ValueError, match="max_length"):
+        ct.pair_ids(tok, [("a", "b")], max_length=0)
+
+
+def test_official_scope_covers_the_top_layers_and_not_the_head(minilm):
+    model = ct.CrossEncoderClassifier(minilm.top(4))
+    names = [n for n, _ in model.named_parameters()]
+    assert all(ct.official_scope(n) for n in names if n.startswith("top.layers."))
+    assert not any(ct.official_scope(n) for n in names if n.startswith("classifier"))
+
+
+def _tiny_top(num_layers=2, k=1, seed=0):
+    from transformers import BertConfig, BertModel
+
+    from lib.encoders import TopLayers
+
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=num_layers, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=16))
+    layers = list(bert.encoder.layer)[k:]
+    return TopLayers([copy.deepcopy(layer) for layer in layers], list(range(len(layers))), bert.config)
+
+
+def test_finetune_classifier_runs_every_arm_reproducibly():
+    """Plumbing on a config-built BERT top: every arm runs through lib.train.fit, the same seed gives the same
+    numbers, D and the random ablation keep exactly round(p*N) in-scope scalars, and the head arm leaves
+    the layers alone."""
+    top = _tiny_top()
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(int(n), 16, generator=gen) for n in torch.randint(2, 7, (40,), generator=gen)]
+    labels = torch.randint(0, 2, (40,), generator=gen)
+    train, dev = (feats[:32], labels[:32]), (feats[32:], labels[32:])
+    n_scope = sum(q.numel() for q in top.parameters())
+    for method in ct.RTE_METHODS:
+        a = ct.finetune_classifier(top, train, dev, method, p=0.3, epochs=2, batch_size=8, fisher_batches=2, seed=1)
+        b = ct.finetune_classifier(top, train, dev, method, p=0.3, epochs=2, batch_size=8, fisher_batches=2, seed=1)
+        assert a["dev_acc"] == b["dev_acc"] and a["losses"] == b["losses"] and len(a["losses"]) == 8
+        assert len(a["dev_acc_by_epoch"]) == 2 and 0 <= a["dev_acc"] <= 1
+        if method in ("D", "random"):
+            assert a["density"] == round(0.3 * n_scope) / n_scope
+    with pytest.raises(ValueError, match="method"):
+        ct.finetune_classifier(top, train, dev, "magic")
+    with pytest.raises(ValueError, match="lr"):
+        ct.finetune_classifier(top, train, dev, "vanilla", lr=float("nan"))
+    with pytest.raises(ValueError, match="same length"):
+        ct.finetune_classifier(top, (feats[:5], labels[:4]), dev, "vanilla")
+
+
+def test_accuracy_counts_argmax_hits():
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, hidden, mask):  # predicts class 1 iff the first feature of [CLS] is positive
+            return torch.stack([torch.zeros(len(hidden)), hidden[:, 0, 0]], dim=-1)
+
+    feats = [torch.tensor([[1.0], [0.0]]), torch.tensor([[-1.0]]), torch.tensor([[2.0], [5.0], [1.0]])]
+    assert ct.accuracy(Fixed(), feats, torch.tensor([1, 1, 1])) == pytest.approx(2 / 3)
 
 
 # ---------------------------------------------------------------- toy study plumbing
@@ -552,30 +643,6 @@ def test_adam_trajectory_p_one_is_plain_adam():
     for method in ("F", "lr_sqrt_p"):
         other = ct.adam_trajectory(method, p=1.0, steps=5, n=200)
         np.testing.assert_array_equal(plain["displacement"], other["displacement"])
-
-
-def test_finetune_sts_runs_every_arm_reproducibly():
-    """Plumbing on a config-built 2-layer BERT: every arm runs, D keeps round(p*N) encoder scalars,
-    the same seed gives the same numbers, and vanilla at p is unaffected by p."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=32, max_position_embeddings=16))
-    gen = torch.Generator().manual_seed(0)
-    feats = [torch.randn(int(n), 16, generator=gen) for n in torch.randint(2, 7, (20,), generator=gen)]
-    pairs = torch.randint(0, 20, (24, 2), generator=gen)
-    scores = torch.rand(24, generator=gen)
-    train, dev = (feats, pairs[:16], scores[:16]), (feats, pairs[16:], scores[16:])
-    for method in ("vanilla", "F", "D", "lr_sqrt_p"):
-        a = ct.finetune_sts(bert, 1, train, dev, method, p=0.3, epochs=1, batch_size=8, fisher_batches=2, seed=1)
-        b = ct.finetune_sts(bert, 1, train, dev, method, p=0.3, epochs=1, batch_size=8, fisher_batches=2, seed=1)
-        assert a["spearman"] == b["spearman"] and a["losses"] == b["losses"] and len(a["losses"]) == 2
-        if method == "D":
-            n = sum(q.numel() for q in bert.encoder.layer[1].parameters())
-            assert abs(a["density"] - round(0.3 * n) / n) < 1e-9
-    with pytest.raises(ValueError, match="method"):
-        ct.finetune_sts(bert, 1, train, dev, "magic")
 
 
 def test_hook_scope_leaves_other_parameters_alone():
@@ -609,3 +676,63 @@ def test_callback_inside_a_real_trainer_freezes_unmasked_weights(tmp_path):
         assert torch.equal(param[~mask], before[name][~mask]), f"{name}: unmasked weights changed"
         moved_inside += int((param[mask] != before[name][mask]).sum())
     assert callback.name_masks and moved_inside > 0
+
+
+# ---------------------------------------------------------------- a user's mistakes (contents, half precision)
+def test_official_optimizer_rejects_nan_eps_and_weight_decay():
+    w = nn.Parameter(torch.ones(3))
+    for kwargs, name in (({"eps": float("nan")}, "eps"), ({"weight_decay": float("nan")}, "weight_decay"),
+                         ({"lr": float("inf")}, "lr"), ({"betas": (0.9, float("nan"))}, "betas")):
+        with pytest.raises(ValueError, match=name):
+            ct.ChildTuningAdamW([w], **kwargs)
+
+
+def test_official_optimizer_updates_fp16_parameters_like_fp32():
+    """fp16 parameters with small gradients: the first moment 0.1*g underflows in fp16, so an fp16 state
+    gives an update of exactly 0. The state lives in fp32: the fp16 result is the fp32 one rounded once."""
+    values = torch.full((64,), 1e-3).half().float()  # exactly representable in fp16
+    grads = torch.full((64,), 1e-7).half().float()
+    results = {}
+    for dtype in (torch.float16, torch.float32):
+        w = nn.Parameter(values.to(dtype, copy=True))
+        opt = ct.ChildTuningAdamW([w], lr=1e-3, eps=1e-6)
+        w.grad = grads.to(dtype)
+        opt.step()
+        results[dtype] = w.detach()
+    assert (results[torch.float16] != values.half()).all()
+    torch.testing.assert_close(results[torch.float16].float(), results[torch.float32].half().float(), atol=0, rtol=0)
+
+
+def test_set_gradient_mask_rejects_a_mask_of_the_wrong_shape_or_dtype():
+    w = nn.Parameter(torch.ones(4, 3))
+    opt = ct.ChildTuningAdamW([w], mode="D", reserve_p=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        opt.set_gradient_mask({w: torch.ones(3, 4, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="bool"):
+        opt.set_gradient_mask({w: torch.ones(4, 3)})
+
+
+def test_fisher_mask_rejects_nan_scores():
+    scores = {"a": torch.tensor([0.1, float("nan"), 0.3]), "b": torch.tensor([5.0])}
+    with pytest.raises(ValueError, match="fisher"):
+        ct.fisher_mask(scores, 0.25)
+
+
+def test_mask_helpers_reject_float_scores_where_masks_are_expected():
+    model = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="bool"):
+        ct.mask_density({"weight": torch.rand(2, 3)})
+    with pytest.raises(TypeError, match="bool"):
+        ct.masks_by_parameter(model, {"weight": torch.rand(2, 3)})
+    assert ct.mask_density({"weight": torch.tensor([True, False, False, True])}) == 0.5
+
+
+def test_moment_and_task_helpers_reject_nan():
+    with pytest.raises(ValueError, match="mu"):
+        ct.sgd_dropout_moments(float("nan"), 1.0, 0.3)
+    with pytest.raises(ValueError, match="sigma"):
+        ct.sgd_dropout_moments(1.0, float("nan"), 0.3)
+    with pytest.raises(ValueError, match="mu"):
+        ct.adam_stationary_moments(float("nan"), 1.0, 0.3)
+    with pytest.raises(ValueError, match="shift"):
+        ct.make_teacher_tasks(n_source=10, n_target=10, n_test=10, shift=float("nan"))
