@@ -19,8 +19,9 @@ Contents
 * Su's analysis: :func:`sgd_dropout_moments`, :func:`adam_stationary_moments`,
   :func:`simulate_adam_updates`, :func:`fraction_changed_curve`, :func:`fraction_moved_theory`
 * a toy transfer study: :func:`make_teacher_tasks`, :func:`pretrain_student`, :func:`finetune_toy`
-* the real task (all-MiniLM-L6-v2 fine-tuned on STS-B as a bi-encoder): :func:`sts_features`,
-  :class:`TopLayersEncoder`, :func:`finetune_sts`
+* the real task (all-MiniLM-L6-v2 as a cross-encoder on GLUE RTE, on cached features of
+  :mod:`lib.encoders`): :func:`pair_ids`, :func:`cls_layer_output`, :class:`CrossEncoderClassifier`,
+  :func:`accuracy`, :func:`finetune_classifier`
 """
 from __future__ import annotations
 
