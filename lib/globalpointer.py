@@ -33,7 +33,14 @@ __all__ = [
     "sparse_multilabel_categorical_crossentropy",
     "pairs_to_flat_indices",
     "globalpointer_loss",
+    "check_gold_unmasked",
 ]
+
+
+def _work(x: Tensor) -> Tensor:
+    """Half-precision logits (float16, bfloat16) are upcast to float32: sums over L^2 cells overflow or
+    lose every small term in 16 bits. float32 and float64 are used as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 # ----------------------------------------------------------------------------------------- RoPE
@@ -230,6 +237,7 @@ def multilabel_categorical_crossentropy(labels: Tensor, logits: Tensor) -> Tenso
         raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
     if ((labels != 0) & (labels != 1)).any():
         raise ValueError("labels must be multi-hot (0/1 only), got other values")
+    logits = _work(logits)
     pos = labels.to(torch.bool)
     neg_term = _log1p_sum_exp(logits, pos)
     pos_term = _log1p_sum_exp(-logits, ~pos)
@@ -254,6 +262,8 @@ def sparse_multilabel_categorical_crossentropy(label_indices: Tensor, logits: Te
     * ``method="mask"`` (default) — :math:`\\log(1+\\sum_{\\mathcal N} e^{s})` directly, from a copy of
       the logits with the positive entries scattered to ``-inf``: exact, never negative, no NaN.
       Its extra memory is one logits-sized copy, the same as the concatenation Eq. 11 needs.
+
+    float16 / bfloat16 logits are computed in float32 (the loss comes back in float32).
     """
     _check_tensor(label_indices, "label_indices")
     _check_tensor(logits, "logits")
@@ -266,6 +276,7 @@ def sparse_multilabel_categorical_crossentropy(label_indices: Tensor, logits: Te
                          f"{tuple(label_indices.shape)} and {tuple(logits.shape)}")
     if method not in ("mask", "subtract"):
         raise ValueError(f"method must be 'mask' or 'subtract', got {method!r}")
+    logits = _work(logits)
     num_classes = logits.shape[-1]
     if label_indices.shape[-1] == 0:  # no positives anywhere
         zero = torch.zeros_like(logits[..., 0])
@@ -306,6 +317,9 @@ def pairs_to_flat_indices(pairs: Tensor, length: int, *, pad_index: int = -1) ->
     padded length ``L`` of the logits being flattened (not a sentence's own length).
     """
     _check_tensor(pairs, "pairs", 2)
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise TypeError(f"pairs must be an integer tensor of cell positions, got dtype {pairs.dtype} "
+                        "(float positions would be truncated)")
     if pairs.shape[-1] != 2:
         raise ValueError(f"pairs must have shape [..., P, 2], got {tuple(pairs.shape)}")
     if not isinstance(length, int) or length <= 0:
@@ -332,5 +346,23 @@ def globalpointer_loss(logits: Tensor, pairs: Tensor) -> Tensor:
                          f"got {tuple(pairs.shape)}")
     b, c, length, _ = logits.shape
     flat = pairs_to_flat_indices(pairs, length)
+    check_gold_unmasked(flat, logits.reshape(b, c, length * length), "pairs")
     loss = sparse_multilabel_categorical_crossentropy(flat, logits.reshape(b, c, length * length))
     return loss.sum(dim=1).mean()
+
+
+def check_gold_unmasked(flat: Tensor, logits: Tensor, name: str = "pairs") -> None:
+    """Raise if a gold cell (flat indices ``[..., K]``, ``-1`` = padding) points at a *masked* logit of
+    ``logits [..., C]`` (``finfo.min``: padding or, for spans, the lower triangle ``j < i``). Such a label
+    cannot be learnt and would make the loss ~3.4e38 — it means the labels and the mask disagree (a span
+    given as ``(tail, head)``, or a position beyond the sentence)."""
+    if flat.shape[-1] == 0:
+        return
+    valid = flat >= 0
+    gathered = logits.detach().gather(-1, flat.clamp(min=0).long())
+    bad = valid & (gathered <= torch.finfo(logits.dtype).min / 2)
+    if bad.any():
+        where = [int(v) for v in torch.nonzero(bad)[0]]
+        raise ValueError(f"{name}: gold cell (flat index {int(flat[tuple(where)])}, at {where}) lies on a masked "
+                         "logit (padding or the masked lower triangle j < i): spans must be (head, tail) with "
+                         "head <= tail inside the sentence")

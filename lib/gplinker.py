@@ -11,8 +11,9 @@ iff *each* of the four scores exceeds the threshold (conjunction, not the sum).
 
 Contents: label encoding (:func:`encode_quintuples`, :func:`pad_pairs`), a vectorised decoder
 (:func:`decode_relations`) with its nested-loop twin (:func:`decode_relations_loop`), oracle logits,
-micro P/R/F1, token <-> character span mapping, size arithmetic, the model heads (:class:`GPLinker`),
-a small from-scratch character encoder (:class:`TinyEncoder`) and the three training losses.
+micro P/R/F1, token <-> character span mapping, size arithmetic, the model heads (:class:`GPLinker`, on any
+encoder of :mod:`lib.encoders`), the three training losses, and training / evaluation through
+:func:`lib.train.fit` (:func:`train_relations`, :func:`evaluate`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from lib.globalpointer import (
     GlobalPointer,
+    check_gold_unmasked,
     gp_param_count,
     multilabel_categorical_crossentropy,
     pair_mask,
@@ -40,10 +42,9 @@ __all__ = [
     "Quintuple", "RULES", "count_quintuples", "gplinker_cells", "dense_label_size", "gplinker_param_count",
     "encode_quintuples", "pad_pairs", "pairs_to_dense", "oracle_logits", "decode_relations",
     "decode_relations_loop", "decode_batch", "triple_prf", "char_span_to_tokens", "find_token_span",
-    "spans_to_text", "RelationExample", "prepare_examples", "GPLinker", "TinyEncoder", "gplinker_loss",
-    "collate", "normalise", "noisy_logits", "TooManyCandidates", "build_model", "run_experiment",
-    "run_experiments", "TopLayers", "HFEncoder", "bucket_batches", "make_batch", "encoder_features",
-    "evaluate", "train_gplinker", "LOSSES",
+    "spans_to_text", "RelationExample", "prepare_examples", "GPLinker", "gplinker_loss", "collate",
+    "normalise", "noisy_logits", "TooManyCandidates", "make_batch", "batches_for", "lr_factor",
+    "train_relations", "evaluate", "best_threshold", "LOSSES",
 ]
 
 
@@ -87,6 +88,8 @@ def _check_quintuples(quintuples: Iterable[Sequence[int]], num_predicates: int,
     for q in quintuples:
         if len(q) != 5:
             raise ValueError(f"quintuples must be (s_h, s_t, p, o_h, o_t), got {q!r}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in q):
+            raise TypeError(f"quintuples: positions and predicate must be ints, got {q!r}")
         sh, st, p, oh, ot = (int(v) for v in q)
         if not (0 <= sh <= st and 0 <= oh <= ot):
             raise ValueError(f"quintuple spans must satisfy 0 <= head <= tail, got {q!r}")
@@ -189,13 +192,29 @@ def noisy_logits(length: int, num_predicates: int, mean: float = -3.0, std: floa
 
 # ----------------------------------------------------------------------------------------- decode
 def _as_numpy(x: object, name: str, ndim: int) -> np.ndarray:
+    """numpy view of scores in their own precision (bfloat16, which numpy lacks, becomes float32)."""
     if isinstance(x, Tensor):
-        x = x.detach().cpu().float().numpy()
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point scores, got dtype {x.dtype}")
+    if np.isnan(x).any():
+        raise ValueError(f"decode_relations: {name} contains NaN scores; a diverged model produces them "
+                         "(check the training loss and the learning rate)")
     return x
+
+
+def _check_threshold(threshold: object) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if math.isnan(threshold):
+        raise ValueError("decode_relations: threshold is NaN; a threshold chosen on the scores of a diverged "
+                         "model comes out NaN (check the model and how the threshold was chosen)")
+    return threshold
 
 
 def _check_decode_inputs(entity, head, tail, rule):
@@ -244,6 +263,7 @@ def decode_relations(entity, head, tail, threshold: float = 0.0, special: Iterab
     With ``max_pairs``, more than ``max_pairs`` subject-object candidate pairs raise :class:`TooManyCandidates`.
     """
     entity, head, tail = _check_decode_inputs(entity, head, tail, rule)
+    threshold = _check_threshold(threshold)
     ent, subj, obj = _entity_candidates(entity, threshold, special)
     n = head.shape[0]
     if len(subj) == 0 or len(obj) == 0:
@@ -283,6 +303,7 @@ def decode_relations_loop(entity, head, tail, threshold: float = 0.0, special: I
                           rule: str = "and") -> set[Quintuple]:
     """Nested-loop twin of :func:`decode_relations`, written like the public ports (slow, obvious)."""
     entity, head, tail = _check_decode_inputs(entity, head, tail, rule)
+    threshold = _check_threshold(threshold)
     ent, _, _ = _entity_candidates(entity, threshold, special)
     L = ent.shape[-1]
     subjects, objects = [], []
@@ -373,7 +394,7 @@ def find_token_span(text: str, offsets: Sequence[Sequence[int]], entity: str) ->
     """First token-aligned occurrence of ``entity`` in ``text`` as an inclusive token span, else None.
 
     Occurrences that cut through a token (e.g. ``"ton"`` inside ``"Washington"``) are skipped. Like the
-    reference scripts this labels only one mention per entity string (pitfall P6 of the spec).
+    reference scripts this labels only one mention per entity string (one labelled mention per entity string).
     """
     if not isinstance(text, str) or not isinstance(entity, str):
         raise TypeError("text and entity must be str")
@@ -390,12 +411,18 @@ def find_token_span(text: str, offsets: Sequence[Sequence[int]], entity: str) ->
 
 
 def spans_to_text(text: str, offsets: Sequence[Sequence[int]], span: tuple[int, int]) -> str:
-    """Inclusive token span ``(h, t)`` -> the substring ``text[offsets[h][0] : offsets[t][1]]``."""
+    """Inclusive token span ``(h, t)`` -> the substring ``text[offsets[h][0] : offsets[t][1]]``.
+
+    Raises if the span or its offsets fall outside ``text`` (offsets from another text or tokenizer)."""
     offsets = _check_offsets(offsets)
     h, t = span
     if not 0 <= h <= t < len(offsets):
         raise ValueError(f"span must satisfy 0 <= h <= t < {len(offsets)}, got {span!r}")
-    return text[offsets[h][0]: offsets[t][1]]
+    start, end = offsets[h][0], offsets[t][1]
+    if start < 0 or end > len(text):
+        raise ValueError(f"offsets: span {span!r} covers characters [{start}, {end}) but text has {len(text)} "
+                         "characters (offsets from another text or tokenizer?)")
+    return text[start:end]
 
 
 def normalise(entity: str) -> str:
@@ -501,62 +528,40 @@ class GPLinker(nn.Module):
                 self.tail(hidden, attention_mask))
 
 
-class TinyEncoder(nn.Module):
-    """Small from-scratch encoder: embedding + residual stack of dilated 1-D convolutions (GELU, LayerNorm).
-
-    forward(input_ids ``[B, L]``, attention_mask ``[B, L]``) -> ``[B, L, dim]``. Padding positions are
-    zeroed before every convolution so they never leak into real tokens.
-    """
-
-    def __init__(self, vocab_size: int, dim: int = 128, dilations: Sequence[int] = (1, 2, 4, 1, 2, 4),
-                 kernel_size: int = 3, dropout: float = 0.1) -> None:
-        super().__init__()
-        _pos_int(vocab_size, "vocab_size")
-        _pos_int(dim, "dim")
-        self.embed = nn.Embedding(vocab_size, dim)
-        self.position = nn.Embedding(512, dim)
-        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=d * (kernel_size // 2), dilation=d)
-                                   for d in dilations)
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in dilations)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        if input_ids.shape[1] > self.position.num_embeddings:
-            raise ValueError(f"input_ids longer than {self.position.num_embeddings}, got {input_ids.shape[1]}")
-        keep = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).bool()
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.dropout(self.embed(input_ids) + self.position(pos))
-        for conv, norm in zip(self.convs, self.norms):
-            y = conv(x.masked_fill(~keep, 0.0).transpose(1, 2)).transpose(1, 2)
-            x = norm(x + self.dropout(nn.functional.gelu(y)))
-        return x.masked_fill(~keep, 0.0)
-
-
 # ---------------------------------------------------------------------------------------- losses
 LOSSES = ("sparse", "dense", "bce")
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; half precision (and float32) is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _gp_loss(logits: Tensor, pairs: Tensor, attention_mask: Tensor, tril: bool, loss: str) -> Tensor:
     b, c, L, _ = logits.shape
     if loss == "sparse":
         flat = pairs_to_flat_indices(pairs, L)
+        check_gold_unmasked(flat, logits.reshape(b, c, L * L), "batch")
         per = sparse_multilabel_categorical_crossentropy(flat, logits.reshape(b, c, L * L))
         return per.sum(1).mean()
-    labels = pairs_to_dense(pairs, L).to(logits.dtype)
+    work = logits.to(_work_dtype(logits))  # half-precision sums of L^2 cells overflow: compute in fp32
+    labels = pairs_to_dense(pairs, L).to(work.dtype)
     if loss == "dense":
-        return multilabel_categorical_crossentropy(labels.reshape(b, c, L * L), logits.reshape(b, c, L * L)
+        return multilabel_categorical_crossentropy(labels.reshape(b, c, L * L), work.reshape(b, c, L * L)
                                                    ).sum(1).mean()
     valid = ~pair_mask(attention_mask, L, tril_mask=tril, device=logits.device)  # [B, 1, L, L]
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    bce = nn.functional.binary_cross_entropy_with_logits(work, labels, reduction="none")
     return (bce * valid).sum() / b
 
 
 def gplinker_loss(outputs: tuple[Tensor, Tensor, Tensor], batch: dict, loss: str = "sparse") -> Tensor:
     """Entity + head + tail loss (equal weights), each summed over heads and averaged over the batch.
 
-    ``loss``: "sparse" (multi-label CE from cell indices), "dense" (same loss from multi-hot labels
-    ``[B, C, L, L]``) or "bce" (per-cell sigmoid cross-entropy summed over the unmasked cells).
-    """
+    ``outputs``: ``entity [B, 2, L, L]``, ``head``/``tail [B, n, L, L]`` logits; ``batch``: the label cell
+    lists of :func:`collate` and ``attention_mask [B, L]``. ``loss``: "sparse" (multi-label CE from cell
+    indices), "dense" (same loss from multi-hot labels ``[B, C, L, L]``) or "bce" (per-cell sigmoid
+    cross-entropy summed over the unmasked cells). Half-precision logits are summed in float32 (the result
+    is float32); a gold cell on a masked position raises."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     entity, head, tail = outputs
@@ -565,106 +570,126 @@ def gplinker_loss(outputs: tuple[Tensor, Tensor, Tensor], batch: dict, loss: str
             + _gp_loss(tail, batch["tail"], mask, False, loss))
 
 
-# ------------------------------------------------------------------------ encoders and training
-class TopLayers(nn.Module):
-    """The top Transformer layers of a (pretrained) BERT, run on cached hidden states of the layer below.
-
-    forward(hidden_states ``[B, L, D]``, attention_mask ``[B, L]``) -> ``[B, L, D]``. With the cached output
-    of layer ``k`` and copies of layers ``k+1..N`` this reproduces the full model's ``last_hidden_state``.
-    """
-
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        x = hidden_states
-        additive = None
-        if attention_mask is not None:
-            keep = attention_mask.to(torch.bool)[:, None, None, :]
-            additive = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep,
-                                                                                          torch.finfo(x.dtype).min)
-        for layer in self.layers:
-            out = layer(x, attention_mask=additive)
-            x = out[0] if isinstance(out, tuple) else out
-        return x
-
-
-class HFEncoder(nn.Module):
-    """Wrap a transformers ``BertModel``: forward(input_ids ``[B, L]``, attention_mask) -> last hidden state."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def bucket_batches(examples: Sequence[RelationExample], batch_size: int, rng: np.random.Generator | None = None
-                   ) -> list[np.ndarray]:
-    """Index batches of similar length (less padding: the link logits cost ``n L^2`` per sentence).
-
-    Sorted by length, cut into batches; with ``rng`` the order inside equal lengths and the batch order are
-    shuffled (a new permutation each epoch)."""
-    _pos_int(batch_size, "batch_size")
-    lengths = np.array([len(e.input_ids) for e in examples])
-    order = rng.permutation(len(examples)) if rng is not None else np.arange(len(examples))
-    order = order[np.argsort(lengths[order], kind="stable")]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
+# ------------------------------------------------------------------------------- batches, model
 def make_batch(examples: Sequence[RelationExample], idx: Sequence[int], num_predicates: int,
                features: Sequence[Tensor] | None = None, with_labels: bool = True) -> dict:
-    """:func:`collate` the examples ``idx``; with cached ``features`` (``[L_i, D]`` each) add
-    ``inputs = [B, L, D]`` float32 hidden states, else ``inputs = input_ids``."""
+    """:func:`collate` the examples ``idx``; with cached ``features`` (``[L_i, D]`` each, see
+    :func:`lib.encoders.cached_features`) ``inputs`` is ``[B, L, D]`` float32 (:func:`lib.encoders.pad_features`),
+    else ``inputs = input_ids [B, L]``."""
+    from lib.encoders import pad_features
+
     batch = collate([examples[i] for i in idx], num_predicates, with_labels=with_labels)
     if features is None:
         batch["inputs"] = batch["input_ids"]
         return batch
-    L = batch["input_ids"].shape[1]
-    hidden = torch.zeros(len(idx), L, features[idx[0]].shape[-1])
-    for k, i in enumerate(idx):
-        hidden[k, : features[i].shape[0]] = features[i].float()
+    hidden, mask = pad_features([features[i] for i in idx])
+    if not torch.equal(mask, batch["attention_mask"]):
+        raise ValueError("features must have one row per token of each example (lengths differ from input_ids)")
     batch["inputs"] = hidden
     return batch
 
 
-@torch.no_grad()
-def encoder_features(encoder: nn.Module, examples: Sequence[RelationExample], layer: int = -1,
-                     batch_size: int = 64) -> list[Tensor]:
-    """Hidden states of a transformers BERT at ``layer`` (index into ``hidden_states``; -1 = last) for each
-    example, as float16 ``[L_i, D]`` tensors (computed once, then cached by the caller)."""
-    encoder.eval()
-    out: list[Tensor | None] = [None] * len(examples)
-    for idx in bucket_batches(examples, batch_size):
-        batch = collate([examples[i] for i in idx], 1, with_labels=False)
-        hs = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     output_hidden_states=True).hidden_states[layer]
-        for k, i in enumerate(idx):
-            out[i] = hs[k, : len(examples[i].input_ids)].to(torch.float16).clone()
-    return out
+def batches_for(examples: Sequence[RelationExample], *, batch_size: int, max_cells: int | None = None,
+                shuffle: bool = True, seed: int = 0) -> list[list[int]]:
+    """:func:`lib.train.length_batches` over the examples' token counts (``B <= batch_size``,
+    ``B L^2 <= max_cells``)."""
+    from lib.train import length_batches
+
+    return length_batches([len(e.input_ids) for e in examples], batch_size=batch_size, max_cells=max_cells,
+                          shuffle=shuffle, seed=seed)
 
 
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "linear") -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warmup over ``warmup`` steps to 1, then
+    ``"linear"`` decay to 0 at ``total``, ``"cosine"`` decay to 0, or ``"constant"``."""
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"schedule must be 'linear', 'cosine' or 'constant', got {schedule!r}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - frac if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def train_relations(model: GPLinker, examples: Sequence[RelationExample], num_predicates: int, *, steps: int,
+                    batch_size: int = 8, lr_heads: float = 5e-3, lr_encoder: float = 3e-4, warmup: float = 0.1,
+                    schedule: str = "linear", loss: str = "sparse", features: Sequence[Tensor] | None = None,
+                    max_cells: int | None = None, rounds: int = 1, evaluate=None, seed: int = 0,
+                    clip: float = 1.0, desc: str = "gplinker"):
+    """Train ``model`` for ``steps`` AdamW steps through :func:`lib.train.fit`; returns its ``History``.
+
+    Batches come from :func:`batches_for` (a new seeded permutation each pass over the data); the learning
+    rate of the heads (``lr_heads``) and of ``model.encoder`` (``lr_encoder``) warms up linearly over the first
+    ``warmup`` fraction of the steps and then follows ``schedule`` (:func:`lr_factor`); gradients are clipped
+    to norm ``clip``. The steps are split into ``rounds`` equal parts (``fit``'s epochs) with
+    ``evaluate(round)`` after each: the learning curve. ``features``: cached ``[L_i, D]`` inputs (see
+    :func:`make_batch`), else token ids go to ``model.encoder``."""
+    from lib.train import fit
+    from lib.utils import device
+
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("rounds", rounds)):
+        _pos_int(value, name)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+    torch.manual_seed(seed)
+    dev = device()
+    model.to(dev).train()
+    enc_params = [p for p in model.encoder.parameters() if p.requires_grad] if model.encoder is not None else []
+    enc_ids = {id(p) for p in enc_params}
+    head_params = [p for p in model.parameters() if id(p) not in enc_ids and p.requires_grad]
+    groups = [{"params": head_params, "lr": lr_heads}] + ([{"params": enc_params, "lr": lr_encoder}] if enc_params else [])
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    warm = int(round(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warm, schedule))
+    order: list[list[int]] = []
+    epoch = 0
+    while len(order) < steps:
+        order += batches_for(examples, batch_size=batch_size, max_cells=max_cells, seed=seed * 1000 + epoch)
+        epoch += 1
+    order = order[:steps]
+    bounds = np.linspace(0, steps, rounds + 1).round().astype(int)
+
+    def step(idx: list[int]) -> float:
+        batch = make_batch(examples, idx, num_predicates, features)
+        batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        value = gplinker_loss(model(batch["inputs"], batch["attention_mask"]), batch, loss)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        return value.item()
+
+    return fit(step, lambda r: order[bounds[r]:bounds[r + 1]], rounds, evaluate=evaluate, desc=desc)
+
+
+# ---------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: GPLinker, examples: Sequence[RelationExample], predicates: Sequence[str],
              thresholds: Sequence[float] = (0.0,), features: Sequence[Tensor] | None = None,
-             batch_size: int = 64, rule: str = "and", max_pairs: int = 5000) -> dict:
+             max_cells: int = 8 * 64 * 64, rule: str = "and", max_pairs: int = 5000) -> dict:
     """Micro P/R/F1 of string triples at each threshold, plus the predictions at ``thresholds[0]``.
 
-    Returns ``{"prf": {θ: (P, R, F1)}, "pred": [set of (s, p, o)] per example}``. A threshold at which
-    some sentence has more than ``max_pairs`` subject x object candidates is *degenerate* (the model
-    accepts almost every span there); its P/R/F1 are reported as NaN instead of enumerating them."""
+    Returns ``{"prf": {θ: (P, R, F1)}, "pred": [set of (s, p, o)] per example, "degenerate": [θ, ...]}``.
+    A threshold at which some sentence has more than ``max_pairs`` subject x object candidates is
+    *degenerate* (the model accepts almost every span there): its P/R/F1 are NaN and it is listed."""
+    from lib.utils import device
+
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or any(not math.isfinite(t) for t in thresholds):
+        raise ValueError(f"thresholds must be a non-empty list of finite numbers, got {thresholds!r}")
     was_training = model.training
     model.eval()
+    dev = device()
     preds = {t: [set() for _ in examples] for t in thresholds}
     degenerate = set()
-    for idx in bucket_batches(examples, batch_size):
+    for idx in batches_for(examples, batch_size=64, max_cells=max_cells, shuffle=False):
         batch = make_batch(examples, idx, len(predicates), features, with_labels=False)
-        outputs = model(batch["inputs"], batch["attention_mask"])
+        outputs = [x.float().cpu() for x in model(batch["inputs"].to(dev), batch["attention_mask"].to(dev))]
         for t in thresholds:
             if t in degenerate:
                 continue
@@ -679,96 +704,12 @@ def evaluate(model: GPLinker, examples: Sequence[RelationExample], predicates: S
     gold = [e.gold for e in examples]
     nan = (float("nan"),) * 3
     return {"prf": {t: nan if t in degenerate else triple_prf(preds[t], gold) for t in thresholds},
-            "pred": preds[thresholds[0]]}
+            "pred": preds[thresholds[0]], "degenerate": sorted(degenerate)}
 
 
-def train_gplinker(model: GPLinker, examples: Sequence[RelationExample], num_predicates: int, *, epochs: int,
-                   batch_size: int = 32, lr: float = 1e-3, loss: str = "sparse",
-                   features: Sequence[Tensor] | None = None, seed: int = 0, param_groups: list | None = None,
-                   callback=None) -> dict:
-    """Adam training loop over length-bucketed batches; returns ``{"loss": [...], "seconds": float}``.
-
-    ``callback(epoch)`` (optional) runs after each epoch and its return value is collected in
-    ``"epochs"``."""
-    import time
-
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=lr)
-    losses, per_epoch, start = [], [], time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        for idx in bucket_batches(examples, batch_size, rng):
-            batch = make_batch(examples, idx, num_predicates, features)
-            value = gplinker_loss(model(batch["inputs"], batch["attention_mask"]), batch, loss)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            losses.append(value.item())
-        if callback is not None:
-            per_epoch.append(callback(epoch))
-    return {"loss": losses, "epochs": per_epoch, "seconds": time.perf_counter() - start}
-
-
-# ------------------------------------------------------------------------- experiment runner
-def build_model(job: dict) -> GPLinker:
-    """GPLinker for an experiment description (see :func:`run_experiment`)."""
-    torch.manual_seed(job.get("seed", 0))
-    kind = job["encoder"]
-    if kind in ("minilm-top", "minilm-full"):
-        import copy
-
-        from lib import text
-
-        bert = text.load_minilm_encoder()
-        encoder = TopLayers([copy.deepcopy(bert.encoder.layer[-1])]) if kind == "minilm-top" else HFEncoder(bert)
-        hidden = bert.config.hidden_size
-    elif kind == "tiny":
-        encoder, hidden = TinyEncoder(job["vocab_size"], job["dim"]), job["dim"]
-    else:
-        raise ValueError(f"job['encoder'] must be 'minilm-top', 'minilm-full' or 'tiny', got {kind!r}")
-    return GPLinker(hidden, len(job["predicates"]), job.get("head_size", 64), efficient=job.get("efficient", True),
-                    encoder=encoder)
-
-
-def run_experiment(job: dict) -> dict:
-    """Train and evaluate one GPLinker; picklable, so several can run in parallel processes.
-
-    ``job`` keys: ``encoder`` ("minilm-top": cached features + trainable top layer, "minilm-full",
-    "tiny"), ``predicates``, ``train``/``test`` (lists of :class:`RelationExample`), optional
-    ``features_train``/``features_test``, ``efficient``, ``loss``, ``epochs``, ``batch_size``, ``lr``
-    (heads), ``lr_encoder``, ``head_size``, ``dim``/``vocab_size`` (tiny), ``thresholds``, ``seed``,
-    ``keep_state``. Returns losses, seconds, P/R/F1 per threshold, θ=0 predictions, head parameters and
-    (``keep_state``) a float16 state dict."""
-    torch.set_num_threads(1)
-    model = build_model(job)
-    head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    groups = [{"params": model.encoder.parameters(), "lr": job.get("lr_encoder", job["lr"])},
-              {"params": head_params, "lr": job["lr"]}]
-    n = len(job["predicates"])
-    hist = train_gplinker(model, job["train"], n, epochs=job["epochs"], batch_size=job.get("batch_size", 16),
-                          lr=job["lr"], loss=job.get("loss", "sparse"), features=job.get("features_train"),
-                          seed=job.get("seed", 0), param_groups=groups)
-    thresholds = list(job.get("thresholds", (0.0,)))
-    res = evaluate(model, job["test"], job["predicates"], [0.0] + [t for t in thresholds if t != 0.0],
-                   features=job.get("features_test"))
-    out = {"loss": hist["loss"], "seconds": hist["seconds"], "prf": res["prf"], "pred": res["pred"],
-           "head_params": model.head_parameters()}
-    if job.get("keep_state"):
-        out["state"] = {k: v.detach().half() for k, v in model.state_dict().items()}
-    return out
-
-
-def run_experiments(jobs: Sequence[dict], processes: int = 2) -> list[dict]:
-    """Run :func:`run_experiment` for each job, ``processes`` at a time (spawned processes, one torch thread
-    each; ``processes=1`` runs in this process). Results come back in job order."""
-    _pos_int(processes, "processes")
-    if processes == 1 or len(jobs) == 1:
-        return [run_experiment(job) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(run_experiment, jobs))
+def best_threshold(prf: dict) -> float:
+    """The threshold with the highest F1 in ``{θ: (P, R, F1)}`` (ties: the one closest to 0; NaN rows skipped)."""
+    finite = [t for t, v in prf.items() if math.isfinite(v[2])]
+    if not finite:
+        raise ValueError("prf has no threshold with a finite F1 (every threshold degenerate)")
+    return max(finite, key=lambda t: (prf[t][2], -abs(t)))

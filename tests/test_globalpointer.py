@@ -332,3 +332,53 @@ def test_sparse_loss_gradient_equals_dense_with_empty_rows_padding_and_repeats()
     sparse_grad = torch.autograd.grad(gp.sparse_multilabel_categorical_crossentropy(indices, logits).sum(), logits)[0]
     dense_grad = torch.autograd.grad(gp.multilabel_categorical_crossentropy(labels, logits).sum(), logits)[0]
     torch.testing.assert_close(sparse_grad, dense_grad, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ a user's mistakes (contents checks)
+def test_pairs_to_flat_indices_rejects_float_positions():
+    """Mistake: cell positions computed as floats (2.6 would silently become 2)."""
+    with pytest.raises(TypeError, match="pairs.*integer"):
+        pairs_to_flat_indices(torch.tensor([[[1.0, 2.6]]]), 4)
+
+
+def test_globalpointer_loss_with_gold_cell_in_masked_triangle_raises():
+    """Mistake: a span given as (tail, head), i.e. a gold cell in the masked lower triangle j < i."""
+    layer = GlobalPointer(8, 1, 4, rope=True, tril_mask=True)
+    logits = layer(torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.long))
+    assert torch.isfinite(globalpointer_loss(logits, torch.tensor([[[[1, 3]]]])))
+    with pytest.raises(ValueError, match="masked"):
+        globalpointer_loss(logits, torch.tensor([[[[3, 1]]]]))
+    padded = layer(torch.randn(1, 5, 8), torch.tensor([[1, 1, 1, 0, 0]]))
+    with pytest.raises(ValueError, match="masked"):
+        globalpointer_loss(padded, torch.tensor([[[[1, 4]]]]))  # a gold cell on a padding position
+
+
+_DTYPE_RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+@given(st.sampled_from(list(_DTYPE_RTOL)), st.integers(0, 10_000), st.sampled_from([1.0, 30.0, 300.0, 3e4]),
+       st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_losses_in_every_precision_are_finite_and_match_fp64(dtype, seed, scale, masked_rows):
+    """Property: dense and sparse MLCE on fp16 / bf16 / fp32 / fp64 logits (including +-large values and rows
+    masked to the dtype's finfo.min) are finite and equal the float64 loss of the *same* (rounded) logits
+    within the dtype's tolerance."""
+    rng = np.random.default_rng(seed)
+    C = 64
+    x = torch.tensor(rng.normal(0, 1, (3, C)) * scale).clamp(-6e4, 6e4).to(dtype)
+    labels = torch.tensor(rng.random((3, C)) < 0.1)
+    labels[0] = False  # a row with no positive
+    if masked_rows:
+        x[1] = torch.finfo(dtype).min  # a fully masked row (padding), no positives on it
+        labels[1] = False
+        x[2, C // 2:] = torch.finfo(dtype).min
+        labels[2, C // 2:] = False
+    idx = torch.full((3, C), -1, dtype=torch.long)
+    for r in range(3):
+        pos = torch.nonzero(labels[r]).flatten()
+        idx[r, :len(pos)] = pos
+    ref = dense_mlce(labels.double(), x.double())
+    scale_ref = ref.abs() + 1.0
+    for value in (dense_mlce(labels.to(dtype), x), sparse_mlce(idx, x)):
+        assert torch.isfinite(value).all()
+        assert ((value.double() - ref).abs() <= _DTYPE_RTOL[dtype] * scale_ref).all()

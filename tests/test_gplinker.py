@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lib.encoders import ScratchCharEncoder
 from lib.globalpointer import gp_param_count
 from lib.gplinker import (
     GPLinker,
-    TinyEncoder,
     char_span_to_tokens,
     collate,
     count_quintuples,
@@ -189,14 +189,14 @@ def test_triple_prf():
 # ------------------------------------------------------------------------------ span mapping
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
-    from lib import text
-    return text.load_minilm_tokenizer()
+    from lib import encoders
+    return encoders.tokenizer("minilm")
 
 
 @pytest.fixture(scope="module")
 def chinese_tokenizer():
-    from lib import text
-    return text.chinese_tokenizer()
+    from lib import encoders
+    return encoders.tokenizer("monpa")
 
 
 words = st.lists(st.sampled_from(["Alan", "Bean", "was", "born", "in", "Wheeler", ",", "Texas", "1932",
@@ -273,7 +273,7 @@ def _toy_batch(seed: int = 0, n: int = 3, B: int = 4, L: int = 12):
 def test_sparse_loss_equals_dense_loss(efficient):
     torch.manual_seed(0)
     batch = _toy_batch()
-    model = GPLinker(16, 3, 8, efficient=efficient, encoder=TinyEncoder(50, 16)).double().eval()
+    model = GPLinker(16, 3, 8, efficient=efficient, encoder=ScratchCharEncoder(50, 16, dropout=0.0)).double().eval()
     out = model(batch["input_ids"], batch["attention_mask"])
     sparse = gplinker_loss(out, batch, "sparse")
     dense = gplinker_loss(out, batch, "dense")
@@ -284,20 +284,10 @@ def test_sparse_loss_equals_dense_loss(efficient):
         gplinker_loss(out, batch, "focal")
 
 
-def test_tiny_encoder_ignores_padding():
-    torch.manual_seed(0)
-    enc = TinyEncoder(30, 16).eval()
-    ids = torch.tensor([[5, 6, 7, 0, 0]])
-    a = enc(ids, torch.tensor([[1, 1, 1, 0, 0]]))
-    b = enc(torch.tensor([[5, 6, 7, 9, 9]]), torch.tensor([[1, 1, 1, 0, 0]]))
-    c = enc(torch.tensor([[5, 6, 7]]), torch.tensor([[1, 1, 1]]))
-    assert torch.allclose(a, b) and torch.allclose(a[:, :3], c, atol=1e-6)
-
-
 def test_tiny_training_reduces_loss():
     torch.manual_seed(0)
     batch = _toy_batch(1, B=16)
-    model = GPLinker(32, 3, 16, encoder=TinyEncoder(50, 32))
+    model = GPLinker(32, 3, 16, encoder=ScratchCharEncoder(50, 32))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
@@ -308,43 +298,35 @@ def test_tiny_training_reduces_loss():
 
 
 # ------------------------------------------------------------------- encoders, batching, evaluation
-def test_top_layers_on_cached_features_match_full_minilm(minilm_tokenizer):
-    """Oracle: transformers' own BertModel. Layer-5 features + a copy of layer 6 = last_hidden_state."""
-    import copy
-    from lib import text
-    from lib.gplinker import TopLayers, encoder_features, prepare_examples
-    from lib.data import RelationSentence
-    enc = text.load_minilm_encoder()
-    sents = [RelationSentence("Alan Bean was born in Wheeler , Texas .", []), RelationSentence("Hi .", [])]
-    exs = prepare_examples(sents, minilm_tokenizer, ["p"])
-    batch = collate(exs, 1, with_labels=False)
-    with torch.no_grad():
-        full = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        feats = encoder_features(enc, exs, layer=-2)
-        last = encoder_features(enc, exs, layer=-1)
-        top = TopLayers([copy.deepcopy(enc.encoder.layer[-1])]).eval()
-        from lib.gplinker import make_batch
-        b = make_batch(exs, [0, 1], 1, feats, with_labels=False)
-        out = top(b["inputs"], b["attention_mask"])
-    for k, e in enumerate(exs):
-        n = len(e.input_ids)
-        assert torch.allclose(last[k].float(), full[k, :n], atol=1e-2)  # float16 storage
-        assert torch.allclose(out[k, :n], full[k, :n], atol=2e-2)
-
-
-def test_bucket_batches_partition():
+def test_batches_for_partition_and_bounds():
+    from lib.gplinker import batches_for
     exs = [RelationExample("", [1] * n, [(0, 0)] * n, set()) for n in [5, 3, 9, 3, 7, 4, 4]]
-    for rng in (None, np.random.default_rng(0)):
-        batches = gpl_bucket(exs, 3, rng)
-        flat = np.concatenate(batches)
-        assert sorted(flat.tolist()) == list(range(len(exs)))
-        assert all(len(b) <= 3 for b in batches)
-    assert [len(exs[i].input_ids) for i in np.concatenate(gpl_bucket(exs, 3))] == sorted(len(e.input_ids) for e in exs)
+    for shuffle in (False, True):
+        batches = batches_for(exs, batch_size=3, max_cells=3 * 7 * 7, shuffle=shuffle, seed=1)
+        assert sorted(i for b in batches for i in b) == list(range(len(exs)))
+        assert all(len(b) <= 3 and len(b) * max(len(exs[i].input_ids) for i in b) ** 2 <= 3 * 49 or len(b) == 1
+                   for b in batches)
 
 
-def gpl_bucket(exs, size, rng=None):
-    from lib.gplinker import bucket_batches
-    return bucket_batches(exs, size, rng)
+def test_make_batch_with_features_pads_and_checks_lengths():
+    from lib.gplinker import make_batch
+    exs = [RelationExample("", [3, 4, 5], [(0, 0)] * 3, {(1, 1, 0, 2, 2)}),
+           RelationExample("", [3, 4], [(0, 0)] * 2, set())]
+    feats = [torch.randn(3, 4).half(), torch.randn(2, 4).half()]
+    b = make_batch(exs, [0, 1], 1, feats)
+    assert b["inputs"].shape == (2, 3, 4) and b["inputs"].dtype == torch.float32
+    assert torch.equal(b["inputs"][1, :2], feats[1].float()) and (b["inputs"][1, 2] == 0).all()
+    with pytest.raises(ValueError, match="features"):
+        make_batch(exs, [0, 1], 1, [feats[1], feats[0]])
+
+
+def test_lr_factor_schedules():
+    from lib.gplinker import lr_factor
+    assert [lr_factor(s, 10, 2) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    assert lr_factor(2, 10, 2, "cosine") == pytest.approx(1.0) and lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(9, 10, 2, "constant") == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, 10, 2, "step")
 
 
 class _OracleModel(torch.nn.Module):
@@ -385,14 +367,19 @@ def test_noisy_logits_contains_gold_at_high_signal():
     assert len(gold) >= 4 and decode_relations(ent, hh, tt) == _expected_decode(gold, 5)
 
 
-def test_train_gplinker_runs_and_validates():
-    from lib.gplinker import train_gplinker
+def test_train_relations_runs_validates_and_evaluates_each_round():
+    from lib.gplinker import train_relations
     exs = [RelationExample("", [3, 4, 5, 6, 7, 8], [(0, 0)] * 6, {(1, 2, 0, 4, 4)})] * 8
-    model = GPLinker(16, 2, 8, encoder=TinyEncoder(20, 16))
-    out = train_gplinker(model, exs, 2, epochs=2, batch_size=4, lr=1e-2)
-    assert len(out["loss"]) == 4 and all(np.isfinite(out["loss"]))
+    torch.manual_seed(0)
+    model = GPLinker(16, 2, 8, encoder=ScratchCharEncoder(20, 16))
+    seen = []
+    hist = train_relations(model, exs, 2, steps=6, batch_size=4, lr_heads=1e-2, lr_encoder=1e-3, rounds=3,
+                           evaluate=lambda r: seen.append(r) or {"round": r})
+    assert len(hist.losses) == 6 and all(np.isfinite(hist.losses)) and seen == [0, 1, 2]
     with pytest.raises(ValueError, match="loss"):
-        train_gplinker(model, exs, 2, epochs=1, loss="hinge")
+        train_relations(model, exs, 2, steps=1, loss="hinge")
+    with pytest.raises(ValueError, match="steps"):
+        train_relations(model, exs, 2, steps=0)
 
 
 def test_max_pairs_guard():
@@ -415,18 +402,63 @@ def test_decode_of_encoded_labels_as_plus_minus_logits(gold):
     assert gold <= decode_relations(*tables)
 
 
-def test_hf_encoder_and_full_minilm_model(minilm_tokenizer):
-    """The FULL=1 path: HFEncoder = BertModel.last_hidden_state; the end-to-end GPLinker runs."""
-    from lib import text
-    from lib.gplinker import HFEncoder, build_model
-    enc = text.load_minilm_encoder()
+def test_full_path_gplinker_on_the_whole_minilm(minilm_tokenizer):
+    """The FULL=1 path: the PretrainedEncoder itself is GPLinker's (trainable) encoder."""
+    from lib import encoders as enc
+    encoder = enc.load_encoder("minilm", "cpu")
     batch = minilm_tokenizer(["Alan Bean was born in Texas .", "Hi ."], padding=True, return_tensors="pt")
+    model = GPLinker(encoder.hidden_size, 3, 8, encoder=encoder)
     with torch.no_grad():
-        ref = enc(**batch).last_hidden_state
-        assert torch.allclose(HFEncoder(enc)(batch["input_ids"], batch["attention_mask"]), ref)
-        model = build_model({"encoder": "minilm-full", "predicates": ["a", "b", "c"], "head_size": 8})
         ent, head, tail = model(batch["input_ids"], batch["attention_mask"])
     L = batch["input_ids"].shape[1]
     assert ent.shape == (2, 2, L, L) and head.shape == tail.shape == (2, 3, L, L)
-    with pytest.raises(ValueError, match="encoder"):
-        build_model({"encoder": "lstm", "predicates": ["a"]})
+
+
+# ------------------------------------------------------------------ a user's mistakes (contents checks)
+def test_bce_loss_on_fp16_logits_is_finite_and_equals_fp32():
+    """Mistake: evaluating the BCE loss on half-precision logits (B = 8, L = 128 sums ~10^5 cells)."""
+    torch.manual_seed(0)
+    batch = _toy_batch(B=8, L=128)
+    L = batch["attention_mask"].shape[1]
+    logits = tuple(torch.randn(8, c, L, L) * 3 for c in (2, 3, 3))
+    ref = gplinker_loss(logits, batch, "bce")
+    half = gplinker_loss(tuple(x.half() for x in logits), batch, "bce")
+    assert torch.isfinite(half) and half.item() == pytest.approx(ref.item(), rel=1e-3)
+
+
+def test_spans_to_text_with_offsets_beyond_the_text_raises(minilm_tokenizer):
+    """Mistake: offsets of one sentence used to cut another, shorter one."""
+    enc = minilm_tokenizer("Alan Bean was born in Wheeler , Texas .", return_offsets_mapping=True)
+    with pytest.raises(ValueError, match="offsets"):
+        spans_to_text("Alan Bean", enc["offset_mapping"], (5, 7))
+
+
+def test_encode_quintuples_rejects_float_positions():
+    """Mistake: positions computed by division (3.7 would silently become 3)."""
+    with pytest.raises(TypeError, match="int"):
+        encode_quintuples([(1, 3.7, 0, 5, 6)], 2)
+    with pytest.raises(TypeError, match="int"):
+        encode_quintuples([(1.0, 3, 0, 5, 6)], 2)
+
+
+def test_decode_relations_with_nan_threshold_or_scores_raises():
+    """Mistake: decoding the scores of a diverged model (NaN everywhere) or a threshold that came out NaN."""
+    ent, hh, tt = oracle_logits({(1, 2, 0, 4, 4)}, 2, 6)
+    with pytest.raises(ValueError, match="decode_relations.*diverged model"):
+        decode_relations(ent, hh, tt, threshold=float("nan"))
+    bad = hh.copy(); bad[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="decode_relations.*diverged model"):
+        decode_relations(ent, bad, tt)
+    with pytest.raises(ValueError, match="diverged model"):
+        decode_relations(torch.from_numpy(ent) * float("nan"), torch.from_numpy(hh), torch.from_numpy(tt))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_decode_compares_thresholds_in_the_inputs_own_precision(dtype):
+    """Mistake (of the old code): a float64 tensor scored 0.5 + 1e-9 against 0.5 decoded unlike the array."""
+    gold = {(1, 2, 0, 4, 4)}
+    ent, hh, tt = (np.where(x > 0, 0.5 + 1e-9, -1.0).astype(dtype) for x in oracle_logits(gold, 1, 6))
+    from_numpy = decode_relations(ent, hh, tt, threshold=0.5)
+    from_torch = decode_relations(torch.from_numpy(ent), torch.from_numpy(hh), torch.from_numpy(tt), threshold=0.5)
+    assert from_numpy == from_torch
+    assert from_numpy == (gold if dtype == np.float64 else set())  # 0.5 + 1e-9 rounds to 0.5 in float32
