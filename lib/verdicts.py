@@ -4,9 +4,10 @@ Every row of every "post vs. this book" table gets one of five verdicts:
 
 * **reproduced** — the post's effect is there, in its direction and of its order of magnitude, outside the
   seed noise (or, for an exact claim, the check passes on real data);
-* **partly** — the direction is right and the effect is outside the noise, but clearly smaller (less than a
-  third of the post's) or shown on a narrower scope;
-* **not reproduced** — the test had the power to see the post's effect and did not, or saw the opposite;
+* **partly** — the direction is right and the effect is outside the noise, but clearly smaller (between a
+  tenth and a third of the post's) or shown on a narrower scope;
+* **not reproduced** — the test had the power to see the post's effect and did not (nothing outside the
+  noise, or an effect more than ten times smaller than the post's), or saw the opposite;
 * **inconclusive** — the test could not have seen the post's effect: its smallest detectable effect
   (``2.8 x`` the standard error of the measured effect: 5 % two-sided, 80 % power) is larger than the
   post's effect;
@@ -28,6 +29,7 @@ VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "mechanism
 DETECTABLE_SE = 2.8   # smallest detectable effect, in standard errors (two-sided 5 %, power 80 %)
 SIGNIFICANT_SE = 2.0  # an effect outside the noise: |effect| > 2 standard errors
 SMALLER = 1 / 3       # "clearly smaller": below a third of the post's effect
+NEGLIGIBLE = 1 / 10   # more than an order of magnitude below the post's effect: the claimed effect is absent
 
 
 def check_verdict(verdict: str) -> str:
@@ -50,7 +52,8 @@ def decide(effect: float, standard_error: float, post_effect: float, *, mechanis
     """The verdict for a measured ``effect`` (signed so that the post's direction is positive) with
     ``standard_error``, against the post's effect size ``post_effect`` (> 0, same units).
 
-    * ``effect > 2 se``: reproduced if ``effect >= post_effect / 3``, else partly;
+    * ``effect > 2 se``: reproduced if ``effect >= post_effect / 3``, partly if ``effect >= post_effect / 10``,
+      else not reproduced (an order of magnitude below the claim);
     * ``effect < -2 se``: not reproduced (the opposite was seen);
     * otherwise: inconclusive if ``2.8 se > post_effect`` (no power), else not reproduced.
 
@@ -65,7 +68,9 @@ def decide(effect: float, standard_error: float, post_effect: float, *, mechanis
     if mechanism:
         return "mechanism only"
     if effect > SIGNIFICANT_SE * se:
-        return "reproduced" if effect >= SMALLER * post else "partly"
+        if effect >= SMALLER * post:
+            return "reproduced"
+        return "partly" if effect >= NEGLIGIBLE * post else "not reproduced"
     if effect < -SIGNIFICANT_SE * se:
         return "not reproduced"
     return "inconclusive" if DETECTABLE_SE * se > post else "not reproduced"

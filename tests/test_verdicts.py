@@ -10,6 +10,7 @@ from lib import verdicts as V
     (1.0, 0.1, 1.0, "reproduced"),        # significant, same size
     (0.5, 0.1, 1.0, "reproduced"),        # significant, same order of magnitude
     (0.2, 0.05, 1.0, "partly"),           # significant but under a third of the post's
+    (0.05, 0.01, 1.0, "not reproduced"),  # significant but an order of magnitude below the post's
     (-0.5, 0.1, 1.0, "not reproduced"),   # the opposite, significantly
     (0.05, 0.1, 1.0, "not reproduced"),   # power to see 1.0 (2.8 * 0.1 < 1) and saw nothing
     (0.05, 0.5, 1.0, "inconclusive"),     # smallest detectable 1.4 > 1.0
