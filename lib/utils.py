@@ -119,7 +119,9 @@ def config_json(config: dict) -> str:
 
 
 def cache_key(name: str, config: dict, code: Iterable[Any] = ()) -> str:
-    """SHA-256 (first 16 hex digits) of the name, the JSON of `config` and the source of `code`."""
+    """SHA-256 (first 16 hex digits) of the name, the JSON of `config` and the source of `code`.
+
+    Under BOOK_SMOKE=1 the key also says so: a smoke run's truncated results never stand in for real ones."""
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"name must be a non-empty identifier-like string, got {name!r}")
     if not isinstance(config, dict):
@@ -129,6 +131,8 @@ def cache_key(name: str, config: dict, code: Iterable[Any] = ()) -> str:
     digest.update(config_json(config).encode())
     for obj in code:
         digest.update(_source_of(obj).encode())
+    if SMOKE:
+        digest.update(b"BOOK_SMOKE=1")
     return digest.hexdigest()[:16]
 
 

@@ -130,3 +130,11 @@ def test_device_refuses_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA device"):
         utils.device()
+
+
+def test_smoke_runs_never_share_cache_keys_with_real_runs(monkeypatch):
+    from lib import utils
+
+    real = utils.cache_key("demo", {"a": 1})
+    monkeypatch.setattr(utils, "SMOKE", True)
+    assert utils.cache_key("demo", {"a": 1}) != real
