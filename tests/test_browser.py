@@ -106,7 +106,9 @@ def check_explorable_responds(page, index):
     snapshot = ("el => el.dataset.kind === 'png' ? el.querySelector('img').src.length + ':' + "
                 "el.querySelector('img').src.slice(-200) : el.querySelector('.explorable-plot').innerHTML")
     before_key, before = root.get_attribute("data-frame"), root.evaluate(snapshot)
-    slider.evaluate("s => { s.value = String(+s.max); s.dispatchEvent(new Event('input')); }")
+    # move to the far end from where the slider starts (an explorable may start at its last position)
+    slider.evaluate("s => { s.value = String(+s.value === +s.max ? +s.min : +s.max); "
+                    "s.dispatchEvent(new Event('input')); }")
     page.wait_for_function("([el, key]) => el.dataset.frame !== key", arg=[root.element_handle(), before_key],
                            timeout=10000)
     page.wait_for_timeout(300)
