@@ -847,6 +847,21 @@ def make_teacher_tasks(
             "x_test": xe, "y_test": label(xe, v1, v2)}
 
 
+def _classification_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
+                          ) -> Callable[[Tensor], float]:
+    """``step(idx)`` for :func:`lib.train.fit`: one cross-entropy update on rows ``idx`` of ``x [N, D]``,
+    ``y [N]``; returns the loss."""
+
+    def step(idx: Tensor) -> float:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
 def pretrain_student(
     x: Tensor, y: Tensor, hidden: int = 128, epochs: int = 8, lr: float = 3e-3, batch_size: int = 64, seed: int = 0
 ) -> nn.Sequential:
@@ -858,12 +873,7 @@ def pretrain_student(
     model = _mlp([x.shape[1], hidden, hidden, int(y.max()) + 1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-    def step(idx: Tensor) -> float:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        return loss.item()
+    step = _classification_step(model, opt, x, y)
 
     fit(step, lambda epoch: list(torch.randperm(x.shape[0], generator=gen).split(batch_size)), epochs,
         desc="pretrain student", progress=False)
@@ -922,12 +932,7 @@ def finetune_toy(
     hook.attach(opt)
     theta0 = _param_vector(model)
 
-    def step(idx: Tensor) -> float:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        return loss.item()
+    step = _classification_step(model, opt, x, y)
 
     size = min(batch_size, x.shape[0])
     batches = [torch.randint(0, x.shape[0], (size,), generator=gen) for _ in range(steps)]

@@ -785,13 +785,9 @@ def _g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: Tensor,
     return loss_g
 
 
-def step_costs(cfg: GANConfig, *, reps: int = 20, dim: int = 2) -> dict[str, float]:
-    """Median CPU milliseconds of one critic step and one generator step for run ``cfg`` (random data).
-
-    Same code path as :func:`train_gan`; the first 3 repetitions are warm-up.
-    """
-    if not isinstance(reps, int) or reps < 1:
-        raise ValueError(f"reps must be a positive int, got {reps!r}")
+def _step_probe(cfg: GANConfig, dim: int):
+    """A fresh run ``cfg`` with its optimizers and one random batch (real ``xr [batch, dim]``, noise
+    ``z [batch, z_dim]``): what :func:`step_costs` and :func:`step_peak_bytes` time and measure."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     G = make_mlp(cfg.z_dim, dim, cfg.g_width, cfg.g_depth, act="relu")
@@ -800,6 +796,17 @@ def step_costs(cfg: GANConfig, *, reps: int = 20, dim: int = 2) -> dict[str, flo
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     xr = torch.randn(cfg.batch, dim, generator=gen)
     z = torch.randn(cfg.batch, cfg.z_dim, generator=gen)
+    return G, D, opt_g, opt_d, xr, z, gen
+
+
+def step_costs(cfg: GANConfig, *, reps: int = 20, dim: int = 2) -> dict[str, float]:
+    """Median CPU milliseconds of one critic step and one generator step for run ``cfg`` (random data).
+
+    Same code path as :func:`train_gan`; the first 3 repetitions are warm-up.
+    """
+    if not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps must be a positive int, got {reps!r}")
+    G, D, opt_g, opt_d, xr, z, gen = _step_probe(cfg, dim)
     d_ms, g_ms = [], []
     for _ in range(reps + 3):
         with torch.no_grad():
@@ -1319,14 +1326,7 @@ def step_peak_bytes(cfg: GANConfig, *, dim: int = 2) -> dict[str, int]:
     """:func:`peak_bytes` of one critic step and of one generator step of run ``cfg`` (forward, backward and
     optimizer update; one warm-up iteration first so Adam's state already exists), on random data ``[batch, dim]``."""
     check_positive("dim", dim, integer=True)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    G = make_mlp(cfg.z_dim, dim, cfg.g_width, cfg.g_depth, act="relu")
-    D = make_critic(cfg, dim)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    xr = torch.randn(cfg.batch, dim, generator=gen)
-    z = torch.randn(cfg.batch, cfg.z_dim, generator=gen)
+    G, D, opt_g, opt_d, xr, z, gen = _step_probe(cfg, dim)
     with torch.no_grad():
         xf = G(z)
     _d_step(D, opt_d, xr, xf, cfg, gen)
