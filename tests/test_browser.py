@@ -54,8 +54,10 @@ def browser():
         pytest.fail("Chromium not found at /usr/bin/chromium: `make browser` installs Debian's package")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def open_page(browser, url):

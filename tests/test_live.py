@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import pytest
 
 from book_pages import REPO
-from test_browser import CHROMIUM, FLAGS
+from test_browser import browser  # noqa: F401 (the shared Chromium fixture)
 
 pytestmark = pytest.mark.live
 VENV_BIN = Path(sys.executable).parent
@@ -124,20 +124,6 @@ def fixture_lab(tmp_path_factory):
     """JupyterLab on tests/fixtures (a minimal notebook independent of the chapters)."""
     with lab_server(FIXTURES, tmp_path_factory.mktemp("lab-fixture")) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium not found at /usr/bin/chromium: `make browser` installs Debian's package")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_kernel_is_the_projects_venv(book_lab):
