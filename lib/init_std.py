@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.checks import check_choice, check_positive, check_tensor
+from lib.checks import check_choice, check_finite, check_positive, check_tensor
 
 # --------------------------------------------------------------------------------------------
 # input checks
@@ -507,7 +507,8 @@ def first_step_update(grad: torch.Tensor, optimizer: str = "adam", lr: float = 1
 
     Adam: ``-lr·g/(|g| + eps)`` (bias corrections cancel at t = 1), i.e. ``≈ -lr·sign(g)``; SGD: ``-lr·g``.
     """
-    check_tensor("grad", grad)
+    check_tensor("grad", grad, floating=True)
+    check_finite("grad", grad)
     check_choice("optimizer", optimizer, ("adam", "sgd"))
     check_positive("lr", lr)
     check_positive("eps", eps, allow_zero=True)
@@ -795,6 +796,8 @@ def smooth(losses: np.ndarray, window: int = 25) -> np.ndarray:
     """Moving average over the last axis (``'valid'`` part), NaN-propagating: ``[..., S] -> [..., S-w+1]``."""
     check_positive("window", window, integer=True)
     a = np.asarray(losses, dtype=float)
+    if a.ndim == 0 or a.shape[-1] < window:
+        raise ValueError(f"window must be at most the series length: window={window}, losses has shape {a.shape}")
     c = np.cumsum(np.concatenate([np.zeros(a.shape[:-1] + (1,)), a], -1), -1)
     return (c[..., window:] - c[..., :-window]) / window
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from lib.checks import check_index_range
+
 __all__ = [
     "Trie", "DictTrie", "TrieLogitsProcessor", "prefix_allowed_tokens_fn", "lcs_length", "lcs_length_dp",
     "lookahead_weights", "LookAhead", "split_meaning", "Fact", "KnowledgeBase", "build_kb", "CharVocab",
@@ -678,6 +680,8 @@ class CharVocab:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Compact ids -> text; ``[SEP]`` shown as ``|``, other specials by name."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        check_index_range("ids", ids, 0, len(self.tokens))
         return "".join("|" if int(i) == self.SEP else self.tokens[int(i)] for i in ids)
 
     def key(self, fact: Fact, order: str = "SPM") -> list[int]:

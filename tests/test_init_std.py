@@ -428,6 +428,8 @@ def test_bert_sublayer_ratio_ffn_matches_b5_at_init():
     (lambda: I.second_moment_profile(activation="swish"), ValueError, "activation must be"),
     (lambda: I.linear_warmup(-1, 10, 1e-3), ValueError, "step must be"),
     (lambda: I.first_step_update(torch.ones(2), "rmsprop"), ValueError, "optimizer must be"),
+    (lambda: I.first_step_update(torch.tensor([1.0, float("nan")])), ValueError, "grad"),
+    (lambda: I.smooth(np.ones(5), 25), ValueError, "window must be at most"),
     (lambda: I.mask_tokens(torch.ones(2, 2, dtype=torch.long), 5, 1.5), ValueError, "p must be"),
     (lambda: I.WarmupRun(lr=-1.0), ValueError, "lr must be"),
     (lambda: I.train_warmup_grid([I.WarmupRun()], cfg={"d": 8}), TypeError, "cfg must be"),

@@ -411,6 +411,10 @@ def test_char_vocab_roundtrip_and_keys():
     assert voc.decode(voc.key(Fact("明天", "会", "下午", "x"), "SMP")) == "明天|会|下午"
     with pytest.raises(ValueError, match="order"):
         voc.key(Fact("a", "b", "c", "d"), "PSM")
+    with pytest.raises(ValueError, match="ids must hold ids in"):
+        voc.decode([0, -1])  # a -1 would silently print the last token
+    with pytest.raises(ValueError, match="ids must hold ids in"):
+        voc.decode(torch.tensor([len(voc)]))
 
 
 def test_deep_sizeof_counts_nested_dicts():
