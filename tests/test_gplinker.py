@@ -462,3 +462,94 @@ def test_decode_compares_thresholds_in_the_inputs_own_precision(dtype):
     from_torch = decode_relations(torch.from_numpy(ent), torch.from_numpy(hh), torch.from_numpy(tt), threshold=0.5)
     assert from_numpy == from_torch
     assert from_numpy == (gold if dtype == np.float64 else set())  # 0.5 + 1e-9 rounds to 0.5 in float32
+
+
+def test_restrict_predicates_equals_preparing_with_the_kept_triples_only(minilm_tokenizer):
+    """Oracle: restricting prepared examples = preparing the sentences with the other triples removed."""
+    from lib.data import RelationSentence, Triple
+    from lib.gplinker import restrict_predicates
+    preds = ["birthPlace", "nationality", "leader"]
+    sents = [RelationSentence("Alan Bean was born in Wheeler , Texas , United States .",
+                              [Triple("Alan Bean", "birthPlace", "Wheeler , Texas"),
+                               Triple("Alan Bean", "nationality", "United States"),
+                               Triple("Alan Bean", "leader", "Nobody")]),
+             RelationSentence("Texas is led by Greg Abbott .", [Triple("Texas", "leader", "Greg Abbott")])]
+    keep = ["leader", "birthPlace"]
+    got = restrict_predicates(prepare_examples(sents, minilm_tokenizer, preds), preds, keep)
+    kept = [RelationSentence(s.text, [t for t in s.triples if t.predicate in keep]) for s in sents]
+    want = prepare_examples(kept, minilm_tokenizer, keep)
+    assert [(g.quintuples, g.gold, g.dropped, g.input_ids) for g in got] == \
+        [(w.quintuples, w.gold, w.dropped, w.input_ids) for w in want]
+    assert got[0].dropped == 1 and len(got[1].quintuples) == 1
+    with pytest.raises(ValueError, match="keep"):
+        restrict_predicates(got, preds, ["nope"])
+    with pytest.raises(ValueError, match="keep"):
+        restrict_predicates(got, preds, ["leader", "leader"])
+
+
+def _fact_batch(seed=0, n=5, lengths=(9, 12, 7, 12), dim=16):
+    rng = np.random.default_rng(seed)
+    exs = []
+    for L in lengths:
+        q = set()
+        for _ in range(3):
+            sh, oh = int(rng.integers(1, L - 2)), int(rng.integers(1, L - 2))
+            q.add((sh, sh + 1, int(rng.integers(n)), oh, oh))
+        exs.append(RelationExample("", list(rng.integers(1, 50, L)), [(0, 0)] * L, q))
+    batch = collate(exs, n)
+    batch["inputs"] = torch.randn(len(lengths), max(lengths), dim, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(seed))
+    return batch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_factorised_link_loss_equals_the_dense_loss_value_and_gradient(seed, scale):
+    """Oracle: the dense multi-label CE on the materialised logits (float64), for ordinary and confident
+    (large-score) models; gradients of every parameter too."""
+    from lib.gplinker import factorised_link_loss
+    batch = _fact_batch(seed)
+    batch["inputs"] = batch["inputs"] * scale
+    torch.manual_seed(seed)
+    model = GPLinker(16, 5, 8, efficient=True).double()
+    ref = gplinker_loss(model(batch["inputs"], batch["attention_mask"]), batch, "dense")
+    got = model.loss(batch)
+    g_ref = torch.autograd.grad(ref, list(model.parameters()))
+    g_got = torch.autograd.grad(got, list(model.parameters()))
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
+    for a, b in zip(g_got, g_ref):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+    one = factorised_link_loss(model.head, batch["inputs"], batch["attention_mask"], batch["head"])
+    assert torch.isfinite(one)
+
+
+def test_factorised_link_loss_float32_and_an_all_padding_row():
+    batch = _fact_batch(3)
+    batch["attention_mask"][1] = 0
+    for key in ("entity", "head", "tail"):
+        batch[key][1] = -1
+    torch.manual_seed(0)
+    model = GPLinker(16, 5, 8, efficient=True)
+    batch32 = dict(batch, inputs=batch["inputs"].float())
+    ref = gplinker_loss(model(batch32["inputs"], batch32["attention_mask"]), batch32)
+    got = model.loss(batch32)
+    got.backward()
+    assert got.dtype == torch.float32 and torch.isclose(got, ref, rtol=1e-5)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_factorised_link_loss_validates():
+    from lib.gplinker import factorised_link_loss
+    from lib.globalpointer import GlobalPointer
+    batch = _fact_batch(0)
+    h, m = batch["inputs"].float(), batch["attention_mask"]
+    with pytest.raises(ValueError, match="Efficient"):
+        factorised_link_loss(GlobalPointer(16, 5, 8, rope=False, tril_mask=False), h, m, batch["head"])
+    gp = GlobalPointer(16, 5, 8, rope=False, tril_mask=False, efficient=True)
+    with pytest.raises(ValueError, match="pairs"):
+        factorised_link_loss(gp, h, m, batch["head"][:, :3])
+    bad = batch["head"].clone()
+    bad[2, 0, 0] = torch.tensor([8, 8])  # sentence 2 has 7 tokens
+    with pytest.raises(ValueError, match="padding"):
+        factorised_link_loss(gp, h, m, bad)
