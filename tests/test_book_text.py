@@ -143,6 +143,21 @@ def table_problems(markdown: str) -> list[str]:
     return problems
 
 
+GLUE_ROLE = re.compile(r"\{glue(?::\w*)?\}`([^`]*)`")
+GLUE_KEY = re.compile(r"^[A-Za-z_][\w.-]*(?::[^`\s]*)?$")  # key, optionally ':' and a format spec
+
+
+def glue_problems(markdown: str) -> list[str]:
+    """Glue roles whose content is not ``key`` or ``key:format`` (a missing closing backtick swallows the
+    following prose into the key, and the build only warns that no such key exists)."""
+    problems = [f"malformed glue role: {{glue}}`{content[:60]}...`" for content in GLUE_ROLE.findall(markdown)
+                if not GLUE_KEY.match(content)]
+    opened, closed = markdown.count("{glue"), len(GLUE_ROLE.findall(markdown))
+    if opened != closed:
+        problems.append(f"{opened} glue roles opened, {closed} well formed")
+    return problems
+
+
 FIGSIZE = re.compile(r"figsize\s*=\s*\(\s*([0-9.]+)")
 PLOTLY_WIDTH = re.compile(r"(?:update_layout|go\.Layout|make_subplots|px\.\w+)\([^)]*?\bwidth\s*=\s*([0-9]+)", re.S)
 FONT_SIZE = re.compile(r"\b(?:fontsize|labelsize|titlesize|size)\s*=\s*([0-9.]+)")
@@ -174,6 +189,7 @@ def notebook_problems(path: Path, definitions: dict[str, str]) -> list[str]:
             problems += [f"{where}: {p}" for p in internal_references(cell.source)]
             problems += [f"{where}: {p}" for p in math_problems(cell.source)]
             problems += [f"{where}: {p}" for p in table_problems(cell.source)]
+            problems += [f"{where}: {p}" for p in glue_problems(cell.source)]
         elif cell.cell_type == "code":
             problems += [f"{where} (code comment/string): {p}" for p in internal_references(code_prose(cell.source))]
             for target, source in shown_sources(cell.source, definitions).items():
@@ -250,6 +266,12 @@ def test_math_checker():
     assert math_problems("Text\n\n$$\nx\n$$\nEnd.")        # no blank line after
     assert math_problems("Text\n\n$$\nx\n\nEnd.")          # unclosed
     assert math_problems("the set is $$A = 1,$$ here.")   # inline $$
+
+
+def test_glue_checker():
+    assert not glue_problems("F1 is {glue:text}`f1:.3f` and {glue:}`n` and {glue:text}`web_p`.")
+    assert glue_problems("about {glue:text}`hours:.0f hours here; about {glue:text}`gpu:.0f` minutes")
+    assert glue_problems("a role {glue:text}`left open")
 
 
 def test_table_checker():
