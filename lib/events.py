@@ -25,6 +25,7 @@ Labels, decoding, grouping and metrics are plain Python / numpy, tested against 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -817,12 +818,26 @@ def collate(items: Sequence[EncodedSentence], num_labels: int,
             "tail_pairs": _pairs_tensor([[sorted(it.targets.tail_links)] for it in items])}
 
 
+class CachedFeatures(nn.Module):
+    """The encoder of a heads-only model: the cached hidden states of a frozen pretrained encoder are the
+    representation, ``forward(hidden [B, L, D], attention_mask [B, L]) -> hidden`` (no parameters)."""
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
+            raise ValueError("hidden: expected float features [B, L, D] (lib.encoders.cached_features, padded), "
+                             f"got {tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__}")
+        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"attention_mask: expected shape {tuple(hidden.shape[:2])}, got "
+                             f"{tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else attention_mask!r}")
+        return hidden
+
+
 class GPLinkerEE(nn.Module):
     """GPLinker for events: an encoder and three GlobalPointers (the post's model, §3 Eqs. 2-3).
 
     ``encoder(inputs, attention_mask) -> [B, L, hidden_size]``: a character encoder on token ids
     ``[B, L]`` (``lib.encoders.ScratchCharEncoder``, a full ``PretrainedEncoder``) or a trainable top on
-    cached features ``[B, L, D]`` (``PretrainedEncoder.top(k)``).
+    cached features ``[B, L, D]`` (``PretrainedEncoder.top(k)``, or :class:`CachedFeatures` for heads only).
 
     * arguments: ``num_labels`` heads, RoPE on, lower triangle masked -> ``[B, C, L, L]``;
     * head-head and tail-tail links: one head each, RoPE **off**, lower triangle masked (diagonal
@@ -830,13 +845,20 @@ class GPLinkerEE(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, head_size: int = 64,
-                 efficient: bool = True) -> None:
+                 efficient: bool = True, score_offset: float = 0.0) -> None:
         super().__init__()
+        if isinstance(score_offset, bool) or not isinstance(score_offset, (int, float)) or not math.isfinite(score_offset):
+            raise ValueError(f"score_offset: expected a finite number, got {score_offset!r}")
+        if score_offset and not efficient:
+            raise ValueError("score_offset: only an Efficient GlobalPointer has the per-class bias it sets")
         self.encoder = encoder
         self.argu = GlobalPointer(hidden_size, num_labels, head_size, rope=True, tril_mask=True,
                                   efficient=efficient)
         self.head = GlobalPointer(hidden_size, 1, head_size, rope=False, tril_mask=True, efficient=efficient)
         self.tail = GlobalPointer(hidden_size, 1, head_size, rope=False, tril_mask=True, efficient=efficient)
+        if score_offset:
+            for gp in (self.argu, self.head, self.tail):
+                _start_scores_at(gp, -float(score_offset))
 
     def encode(self, inputs: Tensor, attention_mask: Tensor) -> Tensor:
         """The encoder's output ``[B, L, H]`` with padding positions zeroed."""
@@ -847,6 +869,20 @@ class GPLinkerEE(nn.Module):
         hidden = self.encode(inputs, attention_mask)
         return (self.argu(hidden, attention_mask), self.head(hidden, attention_mask),
                 self.tail(hidden, attention_mask))
+
+
+def _start_scores_at(gp: GlobalPointer, offset: float) -> None:
+    """Shift every initial score of an Efficient GlobalPointer by ``offset``.
+
+    Its score is :math:`S_{ij} + r_{i\alpha} + c_{j\alpha}` with ``[c, r] = q_dense(u) / 2``; adding
+    ``offset`` to each bias of ``q_dense`` adds ``offset / 2`` to both terms. A negative offset is the
+    "prior probability" initialisation for rare positives: almost every one of the ``C L^2 / 2`` cells is a
+    negative, so starting their scores far below zero skips the first phase of training, in which the
+    model only learns to push all of them down."""
+    if gp.q_dense.bias is None:
+        raise ValueError("score_offset: the GlobalPointer has no bias (bias=False)")
+    with torch.no_grad():
+        gp.q_dense.bias.add_(offset)
 
 
 def _log1p_sum_exp(*parts: Tensor) -> Tensor:
@@ -1099,6 +1135,16 @@ def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], 
     return factor
 
 
+def _adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW without weight decay; the fused kernel where torch has one for ``device`` (on a CPU it is ~4x
+    faster than the per-tensor loop for the 1.4M-parameter character model: the step is a fixed cost per
+    batch), else ``foreach``. Both compute the same update."""
+    try:
+        return torch.optim.AdamW(groups, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, weight_decay=0.0, foreach=device.type != "cpu" or None)
+
+
 def train_gplinker(model: GPLinkerEE, items: Sequence[EncodedSentence], *, steps: int, lr: float,
                    encoder_lr: float | None = None, warmup: float = 0.06, max_cells: int = 8 * 48 * 48,
                    batch_size: int = 64, features: Sequence[Tensor] | None = None, chunks: int = 4,
@@ -1125,7 +1171,7 @@ def train_gplinker(model: GPLinkerEE, items: Sequence[EncodedSentence], *, steps
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": lr},
               {"params": list(model.encoder.parameters()), "lr": lr if encoder_lr is None else encoder_lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, foreach=True)
+    optimizer = _adamw([g for g in groups if g["params"]], device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(steps, int(warmup * steps)))
     lengths = [len(it.input_ids) for it in items]
     num_labels = model.argu.num_heads

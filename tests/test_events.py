@@ -751,3 +751,60 @@ class _Linear(torch.nn.Module):
 
     def forward(self, x, mask):
         return self.lin(x)
+
+
+def test_adamw_matches_the_reference_update():
+    """The optimizer of train_gplinker (fused where available) takes the same steps as torch's foreach AdamW."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    b.load_state_dict(a.state_dict())
+    opt_a = E._adamw([{"params": list(a.parameters()), "lr": 1e-2}], torch.device("cpu"))
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.0, foreach=True)
+    x = torch.randn(5, 6)
+    for _ in range(4):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (model(x) ** 2).sum().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_features_is_the_identity_and_trains_heads_only():
+    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
+    labels = E.build_labels(schema)
+    index = {lab: i for i, lab in enumerate(labels)}
+    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+    h, m = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
+    assert E.CachedFeatures()(h, m) is h
+    with pytest.raises(ValueError, match="hidden"):
+        E.CachedFeatures()(torch.zeros(2, 5, dtype=torch.long), m)
+    with pytest.raises(ValueError, match="attention_mask"):
+        E.CachedFeatures()(h, m[:, :4])
+    torch.manual_seed(0)
+    feats = [torch.randn(len(it.input_ids), 16) for it in items]
+    model = E.GPLinkerEE(E.CachedFeatures(), 16, len(labels), 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = E.train_gplinker(model, items, features=feats, steps=2, lr=1e-2, encoder_lr=1.0, chunks=1)
+    assert len(history.losses) == 2
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())   # every head moved
+
+
+def test_score_offset_shifts_every_initial_score_exactly():
+    """Identity: the offset model's scores equal the plain model's minus the offset, on every unmasked cell."""
+    ids = torch.randint(1, 60, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    outs = []
+    for offset in (0.0, 6.0):
+        torch.manual_seed(0)
+        model = E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, 5, 8, score_offset=offset).eval()
+        outs.append(model(ids, mask))
+    keep = (mask[:, :, None] & mask[:, None, :]).bool() & torch.ones(7, 7, dtype=torch.bool).triu()
+    for plain, shifted in zip(*outs):
+        sel = keep[:, None].expand_as(plain)
+        torch.testing.assert_close(shifted[sel], plain[sel] - 6.0, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="score_offset"):
+        E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, 5, 8, score_offset=float("nan"))
+    with pytest.raises(ValueError, match="score_offset"):
+        E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, 5, 8, efficient=False, score_offset=2.0)
