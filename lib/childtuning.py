@@ -19,7 +19,8 @@ Contents
 * Su's analysis: :func:`sgd_dropout_moments`, :func:`adam_stationary_moments`,
   :func:`simulate_adam_updates`, :func:`fraction_changed_curve`, :func:`fraction_moved_theory`
 * a toy transfer study: :func:`make_teacher_tasks`, :func:`pretrain_student`, :func:`finetune_toy`
-* the real task (all-MiniLM-L6-v2 as a cross-encoder on GLUE RTE, on cached features of
+* the real task (all-MiniLM-L6-v2 as a cross-encoder on sentence-pair classification — in the book STS-B
+  pairs binarised at 2.5; GLUE RTE loads the same way — on cached features of
   :mod:`lib.encoders`): :func:`pair_ids`, :func:`cls_layer_output`, :class:`CrossEncoderClassifier`,
   :func:`accuracy`, :func:`finetune_classifier`
 """
@@ -944,7 +945,7 @@ def finetune_toy(
 
 
 # ----------------------------------------------------------------------------------------------
-# the real task: MiniLM as a cross-encoder on GLUE RTE, trainable top layers on cached features
+# the real task: MiniLM as a cross-encoder on sentence pairs, trainable top layers on cached features
 # ----------------------------------------------------------------------------------------------
 RTE_METHODS = ("vanilla", "F", "D", "lr_sqrt_p", "random", "head")
 
@@ -1155,7 +1156,7 @@ def finetune_classifier(
         return loss.item()
 
     history = fit(step, lambda epoch: length_batches(lengths, batch_size=batch_size, seed=1000 * seed + epoch),
-                  epochs, evaluate=lambda epoch: {"dev_acc": accuracy(model, *dev)}, desc=f"RTE {method}")
+                  epochs, evaluate=lambda epoch: {"dev_acc": accuracy(model, *dev)}, desc=f"pairs {method}")
     hook.detach()
     by_epoch = history.metric("dev_acc")
     return {"dev_acc": by_epoch[-1], "dev_acc_by_epoch": by_epoch, "losses": history.losses,
