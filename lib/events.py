@@ -1060,18 +1060,54 @@ def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features
                               shuffle=False):
         batch = collate([items[i] for i in idx], model.argu.num_heads,
                         None if features is None else [features[i] for i in idx])
-        argu, head, tail = (x.float().cpu() for x in model(batch["inputs"].to(device),
-                                                            batch["attention_mask"].to(device)))
+        inputs, mask = batch["inputs"].to(device), batch["attention_mask"].to(device)
+        if model.argu.efficient:
+            hidden = model.encode(inputs, mask)
+            head, tail = (x.float().cpu() for x in (model.head(hidden, mask), model.tail(hidden, mask)))
+            parts = [x.float().cpu() for x in _efficient_parts(model.argu, hidden)]
+        else:
+            argu, head, tail = (x.float().cpu() for x in model(inputs, mask))
         for b, i in enumerate(idx):
             n = len(items[i].input_ids)
-            a = argu[b, :, 1:n - 1, 1:n - 1]
+            if model.argu.efficient:
+                classes, a = _classes_above(*(x[b] for x in parts), n, floor)
+            else:
+                classes, a = torch.arange(argu.shape[1]), argu[b, :, 1:n - 1, 1:n - 1]
             values, flat = a.reshape(-1).topk(min(keep_top, a.numel()))
             flat = flat[values > floor]
             m = a.shape[-1]
-            c, h, t = flat // (m * m), (flat // m) % m, flat % m
-            out[i] = SentenceScores(torch.stack([c, h + 1, t + 1], 1).numpy(), a[c, h, t].numpy(),
+            k, h, t = flat // (m * m), (flat // m) % m, flat % m
+            out[i] = SentenceScores(torch.stack([classes[k], h + 1, t + 1], 1).numpy(), a[k, h, t].numpy(),
                                     head[b, 0, :n, :n].numpy(), tail[b, 0, :n, :n].numpy())
     return out  # type: ignore[return-value]
+
+
+def _efficient_parts(gp: GlobalPointer, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The three terms of an Efficient GlobalPointer's score :math:`s_\\alpha(i, j) = S_{ij} + c_{j\\alpha} + r_{i\\alpha}`:
+    ``S [B, L, L]``, ``col [B, L, C]``, ``row [B, L, C]`` (unmasked; as in ``GlobalPointer.scores``)."""
+    u = gp.p_dense(hidden)                                     # [B, L, 2d]
+    q, k = u[..., ::2], u[..., 1::2]
+    if gp.rope:
+        q, k = rope(q), rope(k)
+    S = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(gp.head_size)
+    c = gp.q_dense(u) / 2                                      # [B, L, 2C]
+    return S, c[..., 0::2], c[..., 1::2]
+
+
+def _classes_above(S: Tensor, col: Tensor, row: Tensor, n: int, floor: float) -> tuple[Tensor, Tensor]:
+    """The classes of one sentence that can have a cell above ``floor`` and their scores ``[K, n-2, n-2]``.
+
+    Cells are the upper triangle between ``[CLS]`` and ``[SEP]``; a class whose upper bound
+    :math:`\\max S + \\max_j c_{j\\alpha} + \\max_i r_{i\\alpha}` is not above ``floor`` has no such cell, so
+    skipping it changes nothing (an untrained or a confident model has few classes above any floor)."""
+    m = max(n - 2, 0)
+    S, col, row = S[1:n - 1, 1:n - 1], col[1:n - 1], row[1:n - 1]
+    S = S.masked_fill(~torch.ones(m, m, dtype=torch.bool).triu(), float("-inf"))
+    if m == 0:
+        return torch.zeros(0, dtype=torch.long), S.new_zeros(0, 0, 0)
+    bound = S.max() + col.max(0).values + row.max(0).values   # [C]
+    classes = torch.nonzero(bound > floor).flatten()
+    return classes, S[None] + col[:, classes].T[:, None, :] + row[:, classes].T[:, :, None]
 
 
 def decode_scores(scores: SentenceScores, labels: Sequence[tuple[str, str]], *, threshold_arg: float = 0.0,

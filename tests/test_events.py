@@ -501,10 +501,7 @@ def _toy_sentences():
 
 
 def test_encode_collate_and_sparse_decode_match_dense_decode():
-    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
-    labels = E.build_labels(schema)
-    index = {lab: i for i, lab in enumerate(labels)}
-    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+    labels, items = _toy_items()
     assert items[0].dropped == 0 and len(items[0].gold) == 2
     batch = E.collate(items, len(labels))
     assert batch["inputs"].shape == (2, 16) and batch["argu_pairs"].shape[:2] == (2, len(labels))
@@ -723,11 +720,15 @@ def test_warmup_linear_decay_by_hand():
         E.warmup_linear_decay(4, 4)
 
 
-def test_train_gplinker_runs_the_requested_steps_and_learns_the_toy():
-    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
-    labels = E.build_labels(schema)
+def _toy_items():
+    """The label set of a two-type toy schema and the encoded toy sentences."""
+    labels = E.build_labels({"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]})
     index = {lab: i for i, lab in enumerate(labels)}
-    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+    return labels, E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+
+
+def test_train_gplinker_runs_the_requested_steps_and_learns_the_toy():
+    labels, items = _toy_items()
     torch.manual_seed(0)
     model = E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, len(labels), 8)
     seen = []
@@ -771,10 +772,7 @@ def test_adamw_matches_the_reference_update():
 
 
 def test_cached_features_is_the_identity_and_trains_heads_only():
-    schema = {"入狱": ["入狱者", "刑期"], "裁员": ["裁员方"]}
-    labels = E.build_labels(schema)
-    index = {lab: i for i, lab in enumerate(labels)}
-    items = E.encode_sentences(_toy_sentences(), _CharTokenizer(), index, max_length=32)
+    labels, items = _toy_items()
     h, m = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
     assert E.CachedFeatures()(h, m) is h
     with pytest.raises(ValueError, match="hidden"):
@@ -808,3 +806,24 @@ def test_score_offset_shifts_every_initial_score_exactly():
         E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, 5, 8, score_offset=float("nan"))
     with pytest.raises(ValueError, match="score_offset"):
         E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, 5, 8, efficient=False, score_offset=2.0)
+
+
+def test_predict_scores_equals_the_dense_top_cells():
+    """Oracle: the dense [C, L, L] logits of the model's own forward, top cells above the floor, sorted."""
+    labels, items = _toy_items()
+    torch.manual_seed(0)
+    model = E.GPLinkerEE(ScratchCharEncoder(60, 16, (1, 2)), 16, len(labels), 8, score_offset=1.0).eval()
+    for floor, keep_top in ((-1.0, 64), (-1.0, 5), (-3.0, 10_000), (50.0, 64)):
+        got = E.predict_scores(model, items, floor=floor, keep_top=keep_top)
+        for it, sc in zip(items, got):
+            n = len(it.input_ids)
+            batch = E.collate([it], len(labels))
+            argu, head, tail = model(batch["inputs"], batch["attention_mask"])
+            a = argu[0, :, 1:n - 1, 1:n - 1]
+            values, flat = a.reshape(-1).topk(min(keep_top, a.numel()))
+            want = {(int(f // (a.shape[1] ** 2)), int((f // a.shape[1]) % a.shape[1]) + 1, int(f % a.shape[1]) + 1)
+                    for v, f in zip(values, flat) if v > floor}
+            assert {tuple(map(int, c)) for c in sc.cells} == want
+            for (c, h, t), v in zip(sc.cells, sc.scores):
+                assert abs(v - float(argu[0, c, h, t])) < 1e-5
+            np.testing.assert_allclose(sc.head, head[0, 0, :n, :n].detach().numpy(), rtol=0, atol=1e-6)
