@@ -947,7 +947,7 @@ def finetune_toy(
 # ----------------------------------------------------------------------------------------------
 # the real task: MiniLM as a cross-encoder on sentence pairs, trainable top layers on cached features
 # ----------------------------------------------------------------------------------------------
-RTE_METHODS = ("vanilla", "F", "D", "lr_sqrt_p", "random", "head")
+PAIR_METHODS = ("vanilla", "F", "D", "lr_sqrt_p", "random", "head")
 
 
 def pair_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int = 128) -> list[list[int]]:
@@ -1092,7 +1092,7 @@ def finetune_classifier(
     from lib.train import fit, length_batches
     from lib.utils import device as default_device
 
-    check_choice("method", method, RTE_METHODS)
+    check_choice("method", method, PAIR_METHODS)
     p = _check_prob("p", p)
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio),
                         ("max_grad_norm", max_grad_norm)):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lib.encoders import pad_features
-from lib.globalpointer import GlobalPointer, globalpointer_loss, rope
+from lib.globalpointer import GlobalPointer, globalpointer_loss
 from lib.train import length_batches
 
 TRIGGER_ROLE = "触发词"
@@ -965,13 +965,8 @@ def efficient_gp_loss(gp: GlobalPointer, hidden: Tensor, attention_mask: Tensor,
     valid = keep[:, :, None] & keep[:, None, :] & triu         # [B, L, L]
     pairs = _check_pairs(pairs, B, C, valid)
     work = torch.float64
-    u = gp.p_dense(hidden)                                     # [B, L, 2d]
-    q, k = u[..., ::2], u[..., 1::2]
-    if gp.rope:
-        q, k = rope(q), rope(k)
-    S = (torch.einsum("bmd,bnd->bmn", q, k) / gp.head_size ** 0.5).to(work)  # [B, L, L]
-    c = (gp.q_dense(u) / 2).to(work)                           # [B, L, 2C]
-    col, row = c[..., 0::2], c[..., 1::2]                      # [B, L, C]: s(i,j) = S_ij + row_i + col_j
+    S, row, col = (x.to(work) for x in gp.efficient_parts(hidden))  # [B, L, L], [B, C, L], [B, C, L]
+    row, col = row.transpose(1, 2), col.transpose(1, 2)        # [B, L, C]: s(i,j) = S_ij + row_i + col_j
     neg_inf = float("-inf")
     # positive cells as flat indices i * L + j, per class and their union per sentence (pad: L * L)
     none = L * L
@@ -1064,7 +1059,8 @@ def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features
         if model.argu.efficient:
             hidden = model.encode(inputs, mask)
             head, tail = (x.float().cpu() for x in (model.head(hidden, mask), model.tail(hidden, mask)))
-            parts = [x.float().cpu() for x in _efficient_parts(model.argu, hidden)]
+            shared, row, col = (x.float().cpu() for x in model.argu.efficient_parts(hidden))
+            parts = (shared, col.transpose(1, 2), row.transpose(1, 2))  # [B, L, L], [B, L, C], [B, L, C]
         else:
             argu, head, tail = (x.float().cpu() for x in model(inputs, mask))
         for b, i in enumerate(idx):
@@ -1080,18 +1076,6 @@ def predict_scores(model: GPLinkerEE, items: Sequence[EncodedSentence], features
             out[i] = SentenceScores(torch.stack([classes[k], h + 1, t + 1], 1).numpy(), a[k, h, t].numpy(),
                                     head[b, 0, :n, :n].numpy(), tail[b, 0, :n, :n].numpy())
     return out  # type: ignore[return-value]
-
-
-def _efficient_parts(gp: GlobalPointer, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The three terms of an Efficient GlobalPointer's score :math:`s_\\alpha(i, j) = S_{ij} + c_{j\\alpha} + r_{i\\alpha}`:
-    ``S [B, L, L]``, ``col [B, L, C]``, ``row [B, L, C]`` (unmasked; as in ``GlobalPointer.scores``)."""
-    u = gp.p_dense(hidden)                                     # [B, L, 2d]
-    q, k = u[..., ::2], u[..., 1::2]
-    if gp.rope:
-        q, k = rope(q), rope(k)
-    S = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(gp.head_size)
-    c = gp.q_dense(u) / 2                                      # [B, L, 2C]
-    return S, c[..., 0::2], c[..., 1::2]
 
 
 def _classes_above(S: Tensor, col: Tensor, row: Tensor, n: int, floor: float) -> tuple[Tensor, Tensor]:

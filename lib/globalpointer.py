@@ -168,17 +168,27 @@ class GlobalPointer(nn.Module):
                 raise ValueError(f"attention_mask must have shape [B, L] = {tuple(hidden_states.shape[:2])}, "
                                  f"got {tuple(attention_mask.shape)}")
 
+    def efficient_parts(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The three terms of an Efficient GlobalPointer's unmasked score
+        :math:`s_\alpha(i, j) = g(i, j) + r_\alpha(i) + c_\alpha(j)`: the shared ``g [B, L, L]``
+        (:math:`q_i^\top k_j/\sqrt d`), ``row [B, h, L]`` (:math:`r_\alpha(i)`) and ``col [B, h, L]``
+        (:math:`c_\alpha(j)`). Callers that need less than all ``h L^2`` scores combine them themselves."""
+        if not self.efficient:
+            raise ValueError("efficient_parts: only an Efficient GlobalPointer (efficient=True) has these terms")
+        u = self.p_dense(hidden_states)  # [B, L, 2d]
+        q, k = u[..., ::2], u[..., 1::2]  # [B, L, d]
+        if self.rope:
+            q, k = rope(q), rope(k)
+        shared = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)
+        c = self.q_dense(u).transpose(1, 2) / 2  # [B, 2h, L]
+        return shared, c[:, 1::2], c[:, 0::2]
+
     def scores(self, hidden_states: Tensor) -> Tensor:
         """Unmasked pair scores ``[B, num_heads, L, L]`` (no padding / triangle mask)."""
         d = self.head_size
         if self.efficient:
-            u = self.p_dense(hidden_states)  # [B, L, 2d]
-            q, k = u[..., ::2], u[..., 1::2]  # [B, L, d]
-            if self.rope:
-                q, k = rope(q), rope(k)
-            logits = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(d)
-            c = self.q_dense(u).transpose(1, 2) / 2  # [B, 2h, L]
-            return logits[:, None] + c[:, 0::2, None, :] + c[:, 1::2, :, None]
+            shared, row, col = self.efficient_parts(hidden_states)
+            return shared[:, None] + col[:, :, None, :] + row[:, :, :, None]
         b, length, _ = hidden_states.shape
         u = self.dense(hidden_states).view(b, length, self.num_heads, 2 * d).transpose(1, 2)  # [B, h, L, 2d]
         q, k = u[..., :d], u[..., d:]

@@ -615,10 +615,7 @@ def factorised_link_loss(gp: GlobalPointer, hidden: Tensor, attention_mask: Tens
     if pairs.dim() != 4 or tuple(pairs.shape[:2]) != (b, n) or pairs.shape[-1] != 2:
         raise ValueError(f"pairs must have shape [B, n, P, 2] = [{b}, {n}, P, 2], got {tuple(pairs.shape)}")
     keep = attention_mask.to(torch.bool)  # [B, L]
-    u = gp.p_dense(hidden)  # [B, L, 2d]
-    g = torch.einsum("bmd,bnd->bmn", u[..., ::2], u[..., 1::2]).double() / math.sqrt(gp.head_size)  # [B, L, L]
-    c = gp.q_dense(u).transpose(1, 2).double() / 2  # [B, 2n, L]
-    row, col = c[:, 1::2], c[:, 0::2]  # a_alpha(i), b_alpha(j): [B, n, L]
+    g, row, col = (x.double() for x in gp.efficient_parts(hidden))  # [B, L, L]; a_alpha(i), b_alpha(j): [B, n, L]
     valid = pairs[..., 0] >= 0  # [B, n, P]
     i, j = pairs[..., 0].clamp(min=0), pairs[..., 1].clamp(min=0)
     if (valid & ~(keep.gather(1, i.reshape(b, -1)) & keep.gather(1, j.reshape(b, -1))).view_as(valid)).any():

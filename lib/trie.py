@@ -680,7 +680,6 @@ class CharVocab:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Compact ids -> text; ``[SEP]`` shown as ``|``, other specials by name."""
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         check_index_range("ids", ids, 0, len(self.tokens))
         return "".join("|" if int(i) == self.SEP else self.tokens[int(i)] for i in ids)
 

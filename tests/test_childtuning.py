@@ -594,7 +594,7 @@ def test_finetune_classifier_runs_every_arm_reproducibly():
     labels = torch.randint(0, 2, (40,), generator=gen)
     train, dev = (feats[:32], labels[:32]), (feats[32:], labels[32:])
     n_scope = sum(q.numel() for q in top.parameters())
-    for method in ct.RTE_METHODS:
+    for method in ct.PAIR_METHODS:
         a = ct.finetune_classifier(top, train, dev, method, p=0.3, epochs=2, batch_size=8, fisher_batches=2, seed=1)
         b = ct.finetune_classifier(top, train, dev, method, p=0.3, epochs=2, batch_size=8, fisher_batches=2, seed=1)
         assert a["dev_acc"] == b["dev_acc"] and a["losses"] == b["losses"] and len(a["losses"]) == 8

@@ -382,3 +382,8 @@ def test_losses_in_every_precision_are_finite_and_match_fp64(dtype, seed, scale,
     for value in (dense_mlce(labels.to(dtype), x), sparse_mlce(idx, x)):
         assert torch.isfinite(value).all()
         assert ((value.double() - ref).abs() <= _DTYPE_RTOL[dtype] * scale_ref).all()
+
+
+def test_efficient_parts_only_for_efficient_heads():
+    with pytest.raises(ValueError, match="efficient_parts: only an Efficient GlobalPointer"):
+        GlobalPointer(8, 2, 4, efficient=False).efficient_parts(torch.randn(1, 3, 8))
