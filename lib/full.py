@@ -10,11 +10,14 @@ chapter's FULL config no longer matches the record's, the record is reported as 
 ``make smoke-full`` executes every chapter with ``FULL=1 BOOK_SMOKE=1``: the FULL code paths (same configs,
 shapes and code) with every `lib.train.fit` loop cut to a few steps, so a FULL path cannot rot unnoticed.
 
-In a chapter::
+A chapter's FULL config is read from its own source (:func:`notebook_full_config`): the FULL argument of
+every ``pick(fast, full)`` call and every assignment to a name containing ``FULL_``, in source order. So a
+changed FULL setting makes a record stale, while edits to prose, comments or FAST values do not. In a chapter::
 
     from lib import full
-    CFG, FULL_CFG = full.configs(lambda pick: dict(epochs=pick(3, 20), train=pick(1000, 5019)))
-    full.recorded("07_gplinker_relations", FULL_CFG)   # displays the record, or says it is missing / stale
+    full.recorded("07_gplinker_relations")   # displays the record, or says it is missing / stale
+
+(``full.configs`` builds a config twice from one definition, for code that wants the FULL values at run time.)
 """
 from __future__ import annotations
 
@@ -129,15 +132,60 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def recorded(chapter: str, full_config: dict) -> Recorded:
+def notebook_full_config(notebook: str | Path) -> dict:
+    """The FULL settings written in a chapter's code cells, read statically (nothing is executed):
+
+    ``{"pick": [source of each pick(...)'s FULL argument, in source order], "settings": {NAME: source}}`` for
+    every assignment to a name containing ``FULL_`` (e.g. ``FULL_SIZE = dict(...)``). Static, so it does
+    not depend on which branches or cached functions a run happened to execute."""
+    import ast
+
+    path = Path(notebook)
+    if not path.exists():
+        raise FileNotFoundError(f"notebook {path} does not exist")
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    picks: list[str] = []
+    settings: dict[str, str] = {}
+    for number, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell["source"])
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError as error:
+            raise ValueError(f"{path.name}: code cell {number} does not parse ({error})") from error
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and len(node.args) == 2 and (
+                    (isinstance(node.func, ast.Name) and node.func.id == "pick")
+                    or (isinstance(node.func, ast.Attribute) and node.func.attr == "pick")):
+                picks.append((node.lineno, node.col_offset, number, ast.unparse(node.args[1])))
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    pairs = [(target, node.value)]
+                    if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \
+                            and len(target.elts) == len(node.value.elts):  # FAST_X, FULL_X = ..., ...
+                        pairs = list(zip(target.elts, node.value.elts))
+                    for name, value in pairs:
+                        if isinstance(name, ast.Name) and "FULL_" in name.id:
+                            settings[name.id] = ast.unparse(value)
+        # ast.walk is breadth-first: order a cell's calls by position so the list follows the source
+    ordered = sorted(picks, key=lambda item: (item[2], item[0], item[1]))
+    return {"pick": [item[3] for item in ordered], "settings": settings}
+
+
+def recorded(chapter: str, full_config: dict | None = None) -> Recorded:
     """The recorded FULL run of `chapter` if ``results/full/<chapter>.json`` exists and was made with
-    `full_config` (compared by :func:`config_hash`); else a note that it is missing or stale.
+    `full_config` (compared by :func:`config_hash`); else a note that it is missing or stale. Without
+    `full_config`, the chapter's own notebook gives it (:func:`notebook_full_config`).
 
     During a FULL run (``FULL=1``) it also writes `full_config` to ``viz.results_dir()/<chapter>.full_config.json``
     so that ``make full`` can store it in the record. Display the returned object (last line of a cell)."""
     from lib import viz
 
     _check_chapter(chapter)
+    if full_config is None:
+        full_config = notebook_full_config(notebook_for(chapter))
     expected = config_hash(full_config)
     if utils.FULL:
         folder = viz.results_dir()
@@ -285,10 +333,8 @@ def run_full(chapter: str, *, timeout_s: int = 6 * 3600) -> Path:
                          "viz.post_vs_book(..., chapter=..., metrics=...)")
     metrics = json.loads(results_file.read_text(encoding="utf-8"))["metrics"]
     config_file = work / f"{stem}{CONFIG_SUFFIX}"
-    config = json.loads(config_file.read_text())["config"] if config_file.exists() else None
-    if config is None:
-        print(f"warning: {stem} does not call lib.full.recorded(chapter, FULL_CONFIG): the record has no config "
-              "and will always be reported as stale", flush=True)
+    config = (json.loads(config_file.read_text())["config"] if config_file.exists()
+              else notebook_full_config(notebook))
     path = write_record(stem, metrics=metrics, config=config, wall_seconds=result.seconds, device=_device_name())
     print(f"{stem}: FULL run took {result.seconds / 60:.1f} min (CPU {result.cpu_seconds / 60:.1f} min); "
           f"record: {path.relative_to(utils.REPO_ROOT)}", flush=True)

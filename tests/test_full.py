@@ -132,3 +132,36 @@ def test_smoke_limit_cuts_only_under_book_smoke(monkeypatch):
         full.smoke_limit(data, 0)
     with pytest.raises(TypeError, match="items must be a sequence"):
         full.smoke_limit(iter(data), 3)
+
+
+def _notebook(tmp_path, *sources):
+    path = tmp_path / "09_example.ipynb"
+    cells = [{"cell_type": "code", "source": s, "metadata": {}, "outputs": [], "execution_count": None}
+             for s in sources] + [{"cell_type": "markdown", "source": "pick(1, 2) in prose", "metadata": {}}]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def test_notebook_full_config_reads_full_values_in_source_order(tmp_path):
+    path = _notebook(tmp_path, "%matplotlib inline\nA = pick(3, 20)  # epochs\nB = [utils.pick(1, x) for x in y]",
+                     "FAST_SIZE, FULL_SIZE = dict(d=8), dict(d=256)\nFULL_FACTOR = 6\nC = f(pick(0.1, 0.5))")
+    config = full.notebook_full_config(path)
+    assert config == {"pick": ["20", "x", "0.5"], "settings": {"FULL_SIZE": "dict(d=256)", "FULL_FACTOR": "6"}}
+    fast_edit = _notebook(tmp_path, "A = pick(5, 20)  # a new FAST value and comment\nB = [utils.pick(2, x) for x in y]",
+                          "FAST_SIZE, FULL_SIZE = dict(d=16), dict(d=256)\nFULL_FACTOR = 6\nC = f(pick(0.2, 0.5))")
+    assert full.config_hash(full.notebook_full_config(fast_edit)) == full.config_hash(config)
+    full_edit = _notebook(tmp_path, "A = pick(3, 40)\nB = [utils.pick(1, x) for x in y]",
+                          "FAST_SIZE, FULL_SIZE = dict(d=8), dict(d=256)\nFULL_FACTOR = 6\nC = f(pick(0.1, 0.5))")
+    assert full.config_hash(full.notebook_full_config(full_edit)) != full.config_hash(config)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        full.notebook_full_config(tmp_path / "missing.ipynb")
+
+
+def test_recorded_without_a_config_reads_the_chapters_notebook(records, monkeypatch):
+    path = _notebook(records, "A = pick(3, 20)")
+    monkeypatch.setattr(full, "BOOK_DIR", records)
+    config = full.notebook_full_config(path)
+    full.write_record("09_example", metrics={"f1": 0.5}, config=config, wall_seconds=1.0, device="cpu")
+    assert full.recorded("09_example").status == "current"
+    _notebook(records, "A = pick(3, 30)")
+    assert full.recorded("09_example").status == "stale"
