@@ -18,9 +18,9 @@ Conventions used throughout the module
 
 Labels, decoding, grouping and metrics are plain Python / numpy, tested against oracles
 (``networkx.find_cliques``, brute force, hand cases). The model part (:class:`GPLinkerEE`) reuses
-``lib.globalpointer`` from the relation chapter; :func:`efficient_gp_loss` computes the same loss as
-``lib.globalpointer.globalpointer_loss`` on an Efficient GlobalPointer without materialising its
-``[B, C, L, L]`` logits.
+``lib.globalpointer`` from the relation chapter; ``lib.globalpointer.efficient_globalpointer_loss`` computes
+the same loss as ``globalpointer_loss`` on an Efficient GlobalPointer without materialising its ``[B, C, L, L]``
+logits.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lib.encoders import pad_features
-from lib.globalpointer import GlobalPointer, globalpointer_loss
+from lib.globalpointer import GlobalPointer, efficient_globalpointer_loss, globalpointer_loss
 from lib.train import length_batches
 
 TRIGGER_ROLE = "触发词"
@@ -885,139 +885,16 @@ def _start_scores_at(gp: GlobalPointer, offset: float) -> None:
         gp.q_dense.bias.add_(offset)
 
 
-def _log1p_sum_exp(*parts: Tensor) -> Tensor:
-    """:math:`\\log(1 + \\sum e^{x})` over the last axis of the concatenated ``parts``.
-
-    A zero is prepended, so the result is finite (and its gradient defined) even when every entry is
-    ``-inf`` - an all-padding row, or a class without positives."""
-    first = parts[0]
-    return torch.logsumexp(torch.cat([first.new_zeros(*first.shape[:-1], 1), *parts], dim=-1), dim=-1)
-
-
-def _unique_cells(flat: Tensor, empty: int) -> Tensor:
-    """Sort the last axis and replace repeats by ``empty`` (which sorts last): ``[..., K] -> [..., K]``."""
-    flat = flat.sort(dim=-1).values
-    if flat.shape[-1] > 1:
-        repeat = torch.zeros_like(flat, dtype=torch.bool)
-        repeat[..., 1:] = flat[..., 1:] == flat[..., :-1]
-        flat = flat.masked_fill(repeat, empty).sort(dim=-1).values
-    return flat
-
-
-def _check_pairs(pairs: Any, B: int, C: int, valid: Tensor) -> Tensor:
-    """``pairs [B, C, P, 2]``: integer cells ``(i, j)`` inside the sentence with ``i <= j``, or ``(-1, -1)``."""
-    if not isinstance(pairs, Tensor):
-        raise TypeError(f"pairs: expected a torch.Tensor [B, C, P, 2], got {type(pairs).__name__}")
-    if pairs.dim() != 4 or tuple(pairs.shape[:2]) != (B, C) or pairs.shape[-1] != 2:
-        raise ValueError(f"pairs: expected shape [{B}, {C}, P, 2], got {tuple(pairs.shape)}")
-    if pairs.is_floating_point() or pairs.dtype == torch.bool:
-        raise TypeError(f"pairs: expected an integer tensor, got dtype {pairs.dtype}")
-    pairs = pairs.long()
-    pad = (pairs == -1).all(-1)
-    L = valid.shape[-1]
-    inside = ((pairs >= 0) & (pairs < L)).all(-1)
-    if (~pad & ~inside).any():
-        raise ValueError(f"pairs: cells must lie in [0, {L}) or be (-1, -1) padding, got values in "
-                         f"[{int(pairs.min())}, {int(pairs.max())}]")
-    i, j = pairs[..., 0].clamp(0, L - 1), pairs[..., 1].clamp(0, L - 1)
-    b = torch.arange(B, device=pairs.device)[:, None, None]
-    bad = ~pad & ~valid[b, i, j]
-    if bad.any():
-        b0, c0, p0 = (int(x[0]) for x in torch.nonzero(bad, as_tuple=True))
-        raise ValueError(f"pairs: gold cell {tuple(pairs[b0, c0, p0].tolist())} of batch row {b0}, class {c0} "
-                         "is masked (lower triangle i > j, or a padding position): the model can never score it")
-    return pairs
-
-
-def efficient_gp_loss(gp: GlobalPointer, hidden: Tensor, attention_mask: Tensor, pairs: Tensor) -> Tensor:
-    """``globalpointer_loss(gp(hidden, attention_mask), pairs)`` for an Efficient GlobalPointer,
-    computed without materialising the ``[B, C, L, L]`` logits.
-
-    The Efficient GP score is :math:`s_\\alpha(i, j) = S_{ij} + r_{i\\alpha} + c_{j\\alpha}` (a shared
-    ``[L, L]`` term plus per-class row and column terms), so a sum over cells factorises into a matrix
-    product, :math:`\\sum_{ij} W_{ij} e^{s_\\alpha(i,j)} = \\sum_i e^{r_{i\\alpha}}
-    [(W \\circ e^{S}) e^{c_{\\cdot\\alpha}}]_i`. The loss per class is
-
-    .. math:: \\log\\Big(1 + \\sum_{\\mathcal N_\\alpha} e^{s_\\alpha}\\Big)
-              + \\log\\Big(1 + \\sum_{\\mathcal P_\\alpha} e^{-s_\\alpha}\\Big),
-
-    and the negative sum is formed directly, never as "all minus positives" (which cancels once a
-    positive dominates): ``U`` is the union over classes of the sentence's positive cells (a few
-    dozen). The GEMM sums every valid cell outside ``U`` (:math:`W = M \\circ (1 - U)`, with
-    :math:`M_{ij}`: both positions real and :math:`i \\le j`); the cells of ``U`` that are negatives
-    *of class* :math:`\\alpha` are gathered and added. Float64 inside with max-shifts; a batch row
-    that is all padding contributes 0. Summed over classes, averaged over the batch (the reduction of
-    ``lib.globalpointer.globalpointer_loss``). ``hidden [B, L, D]``, ``attention_mask [B, L]``,
-    ``pairs [B, C, P, 2]`` (padding ``-1``); returns a scalar in ``hidden``'s dtype (float32 for half).
-    """
-    if not (isinstance(gp, GlobalPointer) and gp.efficient and gp.tril_mask):
-        raise ValueError("gp: expected an efficient GlobalPointer with tril_mask=True")
-    if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
-        raise ValueError(f"hidden: expected a float tensor [B, L, D], got "
-                         f"{tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__}")
-    B, L, _ = hidden.shape
-    C = gp.num_heads
-    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, L):
-        raise ValueError(f"attention_mask: expected shape [{B}, {L}], got "
-                         f"{tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else attention_mask!r}")
-    keep = attention_mask.bool()                               # [B, L]
-    triu = torch.ones(L, L, dtype=torch.bool, device=hidden.device).triu()
-    valid = keep[:, :, None] & keep[:, None, :] & triu         # [B, L, L]
-    pairs = _check_pairs(pairs, B, C, valid)
-    work = torch.float64
-    S, row, col = (x.to(work) for x in gp.efficient_parts(hidden))  # [B, L, L], [B, C, L], [B, C, L]
-    row, col = row.transpose(1, 2), col.transpose(1, 2)        # [B, L, C]: s(i,j) = S_ij + row_i + col_j
-    neg_inf = float("-inf")
-    # positive cells as flat indices i * L + j, per class and their union per sentence (pad: L * L)
-    none = L * L
-    is_pos = pairs[..., 0] >= 0                                # [B, C, P]
-    flat = torch.where(is_pos, pairs[..., 0] * L + pairs[..., 1], torch.full_like(pairs[..., 0], none))
-    flat = _unique_cells(flat, none)                           # [B, C, P], repeats -> none
-    union = _unique_cells(flat.reshape(B, -1), none)           # [B, C * P]
-    width = max(1, int((union < none).sum(-1).max()))
-    union = union[:, :width]                                   # [B, K]
-    in_union = torch.zeros(B, none + 1, dtype=torch.bool, device=hidden.device)
-    in_union.scatter_(1, union, True)
-    # 1) every valid cell outside the union, all classes at once (one GEMM per sentence)
-    rest = valid & ~in_union[:, :none].view(B, L, L)
-    S_rest = S.masked_fill(~rest, neg_inf)
-    mS = S_rest.detach().amax(dim=(1, 2), keepdim=True)
-    mS = torch.where(torch.isfinite(mS), mS, torch.zeros_like(mS))          # [B, 1, 1]
-    row_m, col_m = row.masked_fill(~keep[..., None], neg_inf), col.masked_fill(~keep[..., None], neg_inf)
-    mr, mc = row_m.detach().amax(1, keepdim=True), col_m.detach().amax(1, keepdim=True)  # [B, 1, C]
-    mr = torch.where(torch.isfinite(mr), mr, torch.zeros_like(mr))
-    mc = torch.where(torch.isfinite(mc), mc, torch.zeros_like(mc))
-    total = (torch.exp(row_m - mr) * (torch.exp(S_rest - mS) @ torch.exp(col_m - mc))).sum(1)  # [B, C]
-    tiny = torch.finfo(work).tiny
-    log_rest = torch.where(total > 0, torch.log(total.clamp_min(tiny)) + mS[:, :, 0] + mr[:, 0] + mc[:, 0],
-                           torch.full_like(total, neg_inf))    # [B, C]
-    # 2) the union's cells that are negatives of class a
-    b_idx = torch.arange(B, device=hidden.device)
-    ui, uj = union.clamp(max=none - 1) // L, union.clamp(max=none - 1) % L       # [B, K]
-    s_union = (S[b_idx[:, None], ui, uj][:, None, :] + row[b_idx[:, None], ui].transpose(1, 2)
-               + col[b_idx[:, None], uj].transpose(1, 2))      # [B, C, K]
-    positive_here = (union[:, None, :, None] == flat[:, :, None, :]).any(-1)    # [B, C, K]
-    s_union = s_union.masked_fill(positive_here | (union >= none)[:, None, :], neg_inf)
-    neg_term = _log1p_sum_exp(log_rest[..., None], s_union)    # [B, C]
-    # positive term from the gathered positive scores
-    pi, pj = flat.clamp(max=none - 1) // L, flat.clamp(max=none - 1) % L       # [B, C, P]
-    a_idx = torch.arange(C, device=hidden.device)[None, :, None]
-    s_pos = S[b_idx[:, None, None], pi, pj] + row[b_idx[:, None, None], pi, a_idx] + col[b_idx[:, None, None], pj, a_idx]
-    pos_term = _log1p_sum_exp(torch.where(flat < none, -s_pos, torch.full_like(s_pos, neg_inf)))
-    out_dtype = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
-    return (neg_term + pos_term).sum(1).mean().to(out_dtype)
-
-
 def gplinker_loss(model: "GPLinkerEE", batch: Mapping[str, Tensor]) -> Tensor:
     """Sum of the three sparse multi-label CE losses (each summed over heads, mean over the batch).
 
-    The argument GP uses :func:`efficient_gp_loss` when it is an Efficient GP (same value as
+    The argument GP uses :func:`~lib.globalpointer.efficient_globalpointer_loss` when it is an Efficient GP (same value as
     ``lib.globalpointer.globalpointer_loss`` on its logits, tested), else the dense logits.
     """
     mask = batch["attention_mask"]
     hidden = model.encode(batch["inputs"], mask)
     if model.argu.efficient:
-        loss = efficient_gp_loss(model.argu, hidden, mask, batch["argu_pairs"])
+        loss = efficient_globalpointer_loss(model.argu, hidden, mask, batch["argu_pairs"])
     else:
         loss = globalpointer_loss(model.argu(hidden, mask), batch["argu_pairs"])
     return (loss + globalpointer_loss(model.head(hidden, mask), batch["head_pairs"])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from lib import events as E
 from lib.encoders import ScratchCharEncoder
-from lib.globalpointer import GlobalPointer, globalpointer_loss, multilabel_categorical_crossentropy
+from lib.globalpointer import GlobalPointer, efficient_globalpointer_loss, globalpointer_loss, multilabel_categorical_crossentropy
 
 TR = E.TRIGGER_ROLE
 
@@ -391,7 +391,7 @@ def test_trigger_prf():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_efficient_gp_loss_equals_dense_reference(seed):
+def test_efficient_globalpointer_loss_equals_dense_reference(seed):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     B, L, C, H = 3, 9, 5, 12
@@ -407,7 +407,7 @@ def test_efficient_gp_loss_equals_dense_reference(seed):
     pairs[1, 3, 0] = torch.tensor([5, 5])
     pairs[2, 4, 0] = torch.tensor([0, 1])
     ref = globalpointer_loss(gp(hidden, mask), pairs)
-    fast = E.efficient_gp_loss(gp, hidden, mask, pairs)
+    fast = efficient_globalpointer_loss(gp, hidden, mask, pairs)
     assert fast.item() == pytest.approx(ref.item(), rel=1e-9)
     # gradients against the dense multi-label CE on the materialised logits
     logits = gp(hidden, mask).reshape(B, C, L * L)
@@ -419,15 +419,15 @@ def test_efficient_gp_loss_equals_dense_reference(seed):
     assert fast.item() == pytest.approx(dense.item(), rel=1e-9)
     params = [hidden, gp.q_dense.weight, gp.p_dense.weight]
     g_ref = torch.autograd.grad(dense, params)
-    g_fast = torch.autograd.grad(E.efficient_gp_loss(gp, hidden, mask, pairs), params)
+    g_fast = torch.autograd.grad(efficient_globalpointer_loss(gp, hidden, mask, pairs), params)
     for a, b in zip(g_ref, g_fast):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
 
-def test_efficient_gp_loss_validates():
+def test_efficient_globalpointer_loss_validates():
     gp = GlobalPointer(4, 2, 4, efficient=False)
     with pytest.raises(ValueError, match="gp"):
-        E.efficient_gp_loss(gp, torch.zeros(1, 3, 4), torch.ones(1, 3), torch.full((1, 2, 1, 2), -1))
+        efficient_globalpointer_loss(gp, torch.zeros(1, 3, 4), torch.ones(1, 3), torch.full((1, 2, 1, 2), -1))
 
 
 def _dense_reference(gp, hidden, mask, pairs):
@@ -457,12 +457,12 @@ def _confident_case(dtype, seed=0, scale=12.0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_efficient_gp_loss_dominant_positives_and_padded_row(dtype):
+def test_efficient_globalpointer_loss_dominant_positives_and_padded_row(dtype):
     gp, hidden, mask, pairs, logits = _confident_case(dtype)
     pos_scores = [float(logits[b, c][tuple(pairs[b, c, 0])]) for b in (0, 1) for c in range(gp.num_heads)]
     assert min(pos_scores) > 30, "the case must have dominant positives"
     hidden = hidden.requires_grad_()
-    fast = E.efficient_gp_loss(gp, hidden, mask, pairs)
+    fast = efficient_globalpointer_loss(gp, hidden, mask, pairs)
     ref, h64, gp64 = _dense_reference(gp, hidden, mask, pairs)
     assert torch.isfinite(fast)
     tol = 1e-9 if dtype == torch.float64 else 2e-3
@@ -476,9 +476,9 @@ def test_efficient_gp_loss_dominant_positives_and_padded_row(dtype):
     assert g_fast[0][2].abs().max().item() == 0
 
 
-def test_efficient_gp_loss_all_padding_batch_is_zero():
+def test_efficient_globalpointer_loss_all_padding_batch_is_zero():
     gp = GlobalPointer(8, 3, 4, efficient=True)
-    loss = E.efficient_gp_loss(gp, torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.long),
+    loss = efficient_globalpointer_loss(gp, torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.long),
                                torch.full((2, 3, 1, 2), -1))
     assert loss.item() == 0.0
 
@@ -696,20 +696,20 @@ def test_decoding_a_diverged_model_raises():
         E.decode_scores(ok, labels, threshold_arg=float("nan"))
 
 
-def test_efficient_gp_loss_rejects_masked_gold_cells():
+def test_efficient_globalpointer_loss_rejects_masked_gold_cells():
     gp = GlobalPointer(8, 2, 4, efficient=True)
     mask = torch.ones(1, 5, dtype=torch.long)
     mask[0, 4] = 0
     pairs = torch.full((1, 2, 1, 2), -1)
     pairs[0, 0, 0] = torch.tensor([3, 1])          # lower triangle
     with pytest.raises(ValueError, match="pairs.*masked"):
-        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+        efficient_globalpointer_loss(gp, torch.randn(1, 5, 8), mask, pairs)
     pairs[0, 0, 0] = torch.tensor([1, 4])          # padding position
     with pytest.raises(ValueError, match="pairs.*masked"):
-        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+        efficient_globalpointer_loss(gp, torch.randn(1, 5, 8), mask, pairs)
     pairs[0, 0, 0] = torch.tensor([1, 7])          # out of range
     with pytest.raises(ValueError, match="pairs"):
-        E.efficient_gp_loss(gp, torch.randn(1, 5, 8), mask, pairs)
+        efficient_globalpointer_loss(gp, torch.randn(1, 5, 8), mask, pairs)
 
 
 def test_warmup_linear_decay_by_hand():

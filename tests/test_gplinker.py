@@ -504,10 +504,10 @@ def _fact_batch(seed=0, n=5, lengths=(9, 12, 7, 12), dim=16):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_factorised_link_loss_equals_the_dense_loss_value_and_gradient(seed, scale):
+def test_efficient_loss_on_link_heads_equals_the_dense_loss_value_and_gradient(seed, scale):
     """Oracle: the dense multi-label CE on the materialised logits (float64), for ordinary and confident
     (large-score) models; gradients of every parameter too."""
-    from lib.gplinker import factorised_link_loss
+    from lib.globalpointer import efficient_globalpointer_loss
     batch = _fact_batch(seed)
     batch["inputs"] = batch["inputs"] * scale
     torch.manual_seed(seed)
@@ -520,11 +520,11 @@ def test_factorised_link_loss_equals_the_dense_loss_value_and_gradient(seed, sca
     assert torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
     for a, b in zip(g_got, g_ref):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
-    one = factorised_link_loss(model.head, batch["inputs"], batch["attention_mask"], batch["head"])
+    one = efficient_globalpointer_loss(model.head, batch["inputs"], batch["attention_mask"], batch["head"])
     assert torch.isfinite(one)
 
 
-def test_factorised_link_loss_float32_and_an_all_padding_row():
+def test_efficient_loss_on_link_heads_float32_and_an_all_padding_row():
     batch = _fact_batch(3)
     batch["attention_mask"][1] = 0
     for key in ("entity", "head", "tail"):
@@ -539,17 +539,17 @@ def test_factorised_link_loss_float32_and_an_all_padding_row():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_factorised_link_loss_validates():
-    from lib.gplinker import factorised_link_loss
+def test_efficient_loss_on_link_heads_validates():
+    from lib.globalpointer import efficient_globalpointer_loss
     from lib.globalpointer import GlobalPointer
     batch = _fact_batch(0)
     h, m = batch["inputs"].float(), batch["attention_mask"]
     with pytest.raises(ValueError, match="Efficient"):
-        factorised_link_loss(GlobalPointer(16, 5, 8, rope=False, tril_mask=False), h, m, batch["head"])
+        efficient_globalpointer_loss(GlobalPointer(16, 5, 8, rope=False, tril_mask=False), h, m, batch["head"])
     gp = GlobalPointer(16, 5, 8, rope=False, tril_mask=False, efficient=True)
     with pytest.raises(ValueError, match="pairs"):
-        factorised_link_loss(gp, h, m, batch["head"][:, :3])
+        efficient_globalpointer_loss(gp, h, m, batch["head"][:, :3])
     bad = batch["head"].clone()
     bad[2, 0, 0] = torch.tensor([8, 8])  # sentence 2 has 7 tokens
     with pytest.raises(ValueError, match="padding"):
-        factorised_link_loss(gp, h, m, bad)
+        efficient_globalpointer_loss(gp, h, m, bad)
