@@ -272,12 +272,13 @@ def _environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def _git_commit() -> str:
+def _git_commit(*paths: str | Path) -> str:
+    """HEAD's commit, with ``-dirty`` when `paths` (default: lib and book) have uncommitted changes."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=utils.REPO_ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "book"], cwd=utils.REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *(map(str, paths or ("lib", "book")))],
+                               cwd=utils.REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
@@ -324,6 +325,7 @@ def run_full(chapter: str, *, timeout_s: int = 6 * 3600) -> Path:
     cache = os.environ.get("BOOK_CACHE_DIR") or str(utils.REPO_ROOT / ".cache" / "full")
     env = _environment(FULL="1", BOOK_BUILD="1", BOOK_SMOKE="0", BOOK_RESULTS_DIR=str(work), BOOK_CACHE_DIR=cache)
     print(f"{stem}: FULL run, executed copy and log in {work}, cache {cache}", flush=True)
+    commit = _git_commit("lib", notebook)  # at the start: what this run executes (edits made meanwhile don't count)
     result = execute(notebook, work / f"{stem}.ipynb", env, timeout_s)
     if result.error:
         raise SystemExit(f"{stem}: FULL run failed after {result.seconds:.0f} s:\n{result.error}")
@@ -335,7 +337,8 @@ def run_full(chapter: str, *, timeout_s: int = 6 * 3600) -> Path:
     config_file = work / f"{stem}{CONFIG_SUFFIX}"
     config = (json.loads(config_file.read_text())["config"] if config_file.exists()
               else notebook_full_config(notebook))
-    path = write_record(stem, metrics=metrics, config=config, wall_seconds=result.seconds, device=_device_name())
+    path = write_record(stem, metrics=metrics, config=config, wall_seconds=result.seconds, device=_device_name(),
+                        commit=commit)
     print(f"{stem}: FULL run took {result.seconds / 60:.1f} min (CPU {result.cpu_seconds / 60:.1f} min); "
           f"record: {path.relative_to(utils.REPO_ROOT)}", flush=True)
     return path
