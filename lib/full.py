@@ -103,6 +103,17 @@ class Recorded:
         """The recorded headline metrics when the record is current, else an empty dict."""
         return dict(self.record["metrics"]) if self.status == "current" else {}
 
+    @property
+    def wall_text(self) -> str:
+        """How long the recorded FULL run took, for a sentence in the text ("34.3 min on cpu, 2026-12-01"), or
+        why there is no such time ("none recorded yet", "none for the current FULL settings")."""
+        if self.status == "missing":
+            return "none recorded yet"
+        if self.status == "stale":
+            return "none for the current FULL settings"
+        r = self.record
+        return f"{r['wall_seconds'] / 60:.1f} min on {r['device']}, {str(r['date'])[:10]}"
+
     def _caption(self) -> str:
         r = self.record
         return (f"recorded FULL run: commit {r['commit'][:10]}, device {r['device']}, date {r['date'][:10]}, "

@@ -170,7 +170,7 @@ class GlobalPointer(nn.Module):
                                  f"got {tuple(attention_mask.shape)}")
 
     def efficient_parts(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The three terms of an Efficient GlobalPointer's unmasked score
+        r"""The three terms of an Efficient GlobalPointer's unmasked score
         :math:`s_\alpha(i, j) = g(i, j) + r_\alpha(i) + c_\alpha(j)`: the shared ``g [B, L, L]``
         (:math:`q_i^\top k_j/\sqrt d`), ``row [B, h, L]`` (:math:`r_\alpha(i)`) and ``col [B, h, L]``
         (:math:`c_\alpha(j)`). Callers that need less than all ``h L^2`` scores combine them themselves."""
@@ -492,14 +492,18 @@ def efficient_globalpointer_loss(gp: "GlobalPointer", hidden: Tensor, attention_
 
 def check_gold_unmasked(flat: Tensor, logits: Tensor, name: str = "pairs") -> None:
     """Raise if a gold cell (flat indices ``[..., K]``, ``-1`` = padding) points at a *masked* logit of
-    ``logits [..., C]`` (``finfo.min``: padding or, for spans, the lower triangle ``j < i``). Such a label
+    ``logits [..., C]`` (``finfo.min``, or bert4keras' ``-1e12``: padding or, for spans, the lower triangle
+    ``j < i``). Such a label
     cannot be learnt and would make the loss ~3.4e38 — it means the labels and the mask disagree (a span
     given as ``(tail, head)``, or a position beyond the sentence)."""
     if flat.shape[-1] == 0:
         return
     valid = flat >= 0
     gathered = logits.detach().gather(-1, flat.clamp(min=0).long())
-    bad = valid & (gathered <= torch.finfo(logits.dtype).min / 2)
+    # finfo.min is this library's mask; -1e12 is bert4keras' (any real score is far above -1e11)
+    info = torch.finfo(logits.dtype)
+    floor = -1e11 if info.max > 1e12 else info.min / 2
+    bad = valid & (gathered <= floor)
     if bad.any():
         where = [int(v) for v in torch.nonzero(bad)[0]]
         raise ValueError(f"{name}: gold cell (flat index {int(flat[tuple(where)])}, at {where}) lies on a masked "

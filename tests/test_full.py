@@ -41,6 +41,7 @@ def test_missing_record_says_how_to_make_one(records):
     found = full.recorded("07_gplinker_relations", {"epochs": 20})
     assert found.status == "missing" and found.metrics == {}
     assert "make full CHAPTER=07" in str(found) and "make full CHAPTER=07" in found._repr_html_()
+    assert found.wall_text == "none recorded yet"
 
 
 def test_record_with_the_same_config_is_shown_in_its_own_labelled_table(records):
@@ -55,6 +56,7 @@ def test_record_with_the_same_config_is_shown_in_its_own_labelled_table(records)
     record = json.loads(full.record_path("07_gplinker_relations").read_text())
     assert record["config"] == config and record["wall_seconds"] == 3600.0 and record["torch"]
     assert record["date"].endswith("+00:00") and record["config_hash"] == full.config_hash(config)
+    assert found.wall_text == f"60.0 min on cpu (2 cores), {record['date'][:10]}"
 
 
 def test_record_of_a_changed_config_is_stale_and_not_shown(records):
@@ -165,3 +167,4 @@ def test_recorded_without_a_config_reads_the_chapters_notebook(records, monkeypa
     assert full.recorded("09_example").status == "current"
     _notebook(records, "A = pick(3, 30)")
     assert full.recorded("09_example").status == "stale"
+    assert full.recorded("09_example").wall_text == "none for the current FULL settings"

@@ -351,6 +351,10 @@ def test_globalpointer_loss_with_gold_cell_in_masked_triangle_raises():
     padded = layer(torch.randn(1, 5, 8), torch.tensor([[1, 1, 1, 0, 0]]))
     with pytest.raises(ValueError, match="masked"):
         globalpointer_loss(padded, torch.tensor([[[[1, 4]]]]))  # a gold cell on a padding position
+    # bert4keras masks with -1e12 instead of finfo.min: the loss would be ~1e12, so that mask is seen too
+    b4k = torch.randn(1, 1, 4, 4).masked_fill(torch.ones(4, 4).tril(-1).bool(), -1e12)
+    with pytest.raises(ValueError, match="masked"):
+        globalpointer_loss(b4k, torch.tensor([[[[3, 1]]]]))
 
 
 _DTYPE_RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-12}
