@@ -799,7 +799,7 @@ def adam_trajectory(
 
 
 # ----------------------------------------------------------------------------------------------
-# toy transfer study (E5)
+# toy transfer study
 # ----------------------------------------------------------------------------------------------
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []

@@ -3,7 +3,7 @@
 Notation: a batch holds ``B`` labelled sentence pairs; pair ``a`` has sentence vectors ``u_a, v_a``,
 label ``y_a`` and score ``c_a = cos(u_a, v_a)``. With scale ``lam`` (the post uses 20)
 
-    L = log(1 + sum_{a, b: y_a > y_b} exp(lam * (c_b - c_a)))                        (C7)
+    L = log(1 + sum_{a, b: y_a > y_b} exp(lam * (c_b - c_a)))
 
 Pairs with a higher label should get a higher cosine; ties contribute nothing.
 
@@ -99,7 +99,7 @@ def _check_scale(scale: Any) -> float:
 # cosine and the CoSENT loss
 # ----------------------------------------------------------------------------------------------
 def pairwise_cos(u: Tensor, v: Tensor, eps: float = 1e-8) -> Tensor:
-    """Row-wise cosine ``c_a = <u_a, v_a> / (|u_a| |v_a|)`` (C1); norms clamped at ``eps``, so a zero vector
+    """Row-wise cosine ``c_a = <u_a, v_a> / (|u_a| |v_a|)``; norms clamped at ``eps``, so a zero vector
     has cosine 0 with everything.
 
     u, v: ``[B, d]`` -> ``[B]`` in the inputs' dtype. Half precision (float16/bfloat16) is computed in
@@ -142,7 +142,7 @@ class _SortedCoSENT(torch.autograd.Function):
 
         t_a = s_a + LSE_{b >= hi_a}(-s_b),            L = log(1 + sum_a e^{t_a}) = LSE([0, t]).
 
-    Gradient (C10): ``dL/ds_x = e^{t_x - L} - e^{-s_x + LSE_{a < lo_x}(s_a) - L}``: pair x is pushed down by
+    Gradient: ``dL/ds_x = e^{t_x - L} - e^{-s_x + LSE_{a < lo_x}(s_a) - L}``: pair x is pushed down by
     the more-similar pairs it violates (first term) and up by the less-similar ones (second term). Both
     exponents are log-weights of terms of ``Z = e^L``, so they are <= 0 and never overflow.
     """
@@ -172,7 +172,7 @@ class _SortedCoSENT(torch.autograd.Function):
 
 
 def cosent_loss(scores: Tensor, labels: Tensor, scale: float = 20.0) -> Tensor:
-    """CoSENT loss (C7) in O(B log B): sort by label, suffix log-sum-exp (C9), analytic backward (C10).
+    """CoSENT loss in O(B log B): sort by label, suffix log-sum-exp, analytic backward.
 
     scores: ``[B]`` similarities (cosines); labels: ``[B]`` any ordered dtype (ties allowed).
     Returns a scalar. Half-precision scores are computed in float32, float64 stays float64.
@@ -197,7 +197,7 @@ def comparison_mask(labels: Tensor) -> Tensor:
 
 
 def cosent_loss_dense(scores: Tensor, labels: Tensor, scale: float = 20.0) -> Tensor:
-    """CoSENT loss with the O(B^2) masked difference matrix (C8), the form of the official code.
+    """CoSENT loss with the O(B^2) masked difference matrix, the form of the official code.
 
     ``D[a, b] = scale * (c_a - c_b)`` kept where ``y_a < y_b`` (else ``-inf``);
     ``L = logsumexp([0, vec(D)])``. scores, labels: ``[B]`` -> scalar. Memory ``[B, B]``.
@@ -279,8 +279,8 @@ def _check_targets(scores: Tensor, targets: Tensor) -> Tensor:
 def naive_cosine_loss(scores: Tensor, targets: Tensor, kind: str = "linear") -> Tensor:
     """Regress the cosine directly; ``targets`` in {0, 1}, batch mean.
 
-    linear (C2): ``t (1 - c) + (1 - t)(1 + c)``  (targets +1 / -1);
-    square (C3): ``t (1 - c)^2 + (1 - t) c^2``  (targets 1 / 0).
+    linear: ``t (1 - c) + (1 - t)(1 + c)``  (targets +1 / -1);
+    square: ``t (1 - c)^2 + (1 - t) c^2``  (targets 1 / 0).
     """
     t = _check_targets(scores, targets)
     if kind not in ("linear", "square"):
@@ -312,7 +312,7 @@ def _work_precision(x: Tensor) -> Tensor:
 
 
 class SBERTHead(nn.Module):
-    """InferSent / Sentence-BERT classifier (C5): ``logits = W [u; v; |u - v|] + b``, ``W: [K, 3d]``.
+    """InferSent / Sentence-BERT classifier: ``logits = W [u; v; |u - v|] + b``, ``W: [K, 3d]``.
 
     forward(u ``[B, d]``, v ``[B, d]``) -> logits ``[B, K]``. Train with cross-entropy, predict with cos(u, v).
     """
@@ -356,7 +356,7 @@ def _rank_average(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(pred: Any, gold: Any) -> float:
-    """Spearman's rho (C12): Pearson correlation of average ranks. pred, gold: ``[N]``. NaN if constant."""
+    """Spearman's rho: Pearson correlation of average ranks. pred, gold: ``[N]``. NaN if constant."""
     p = np.asarray(pred.detach().cpu() if isinstance(pred, Tensor) else pred, dtype=np.float64).ravel()
     g = np.asarray(gold.detach().cpu() if isinstance(gold, Tensor) else gold, dtype=np.float64).ravel()
     if p.shape != g.shape or p.size < 2:
@@ -408,7 +408,7 @@ def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
 def make_synthetic_pairs(n: int, kind: str = "binary", lex_weight: float = 0.7, hard_frac: float = 0.8,
                          n_flip: int = 8, noise: float = 0.3, world_seed: int = 0, seed: int = 0,
                          dim: int = 64, k_sem: int = 16, k_lex: int = 16):
-    """Pairs of "frozen pretrained features" mixing meaning ``s`` and wording ``l`` (spec E3).
+    """Pairs of "frozen pretrained features" mixing meaning ``s`` and wording ``l``.
 
     ``x = s A + lex_weight * l B + noise * eps`` with fixed maps ``A [k_sem, dim]``, ``B [k_lex, dim]``
     (drawn from ``world_seed``). kind:
@@ -722,7 +722,7 @@ def encode_in_chunks(encoder: nn.Module, x: Tensor, chunk: int = 512) -> Tensor:
 
 
 def evaluate_spearman(encoder: nn.Module, data: tuple[Tensor, Tensor, Tensor], chunk: int = 512) -> float:
-    """Spearman of ``cos(f(x1), f(x2))`` against the labels over the whole set (C12)."""
+    """Spearman of ``cos(f(x1), f(x2))`` against the labels over the whole set."""
     x1, x2, y = data
     return spearman(pairwise_cos(encode_in_chunks(encoder, x1, chunk), encode_in_chunks(encoder, x2, chunk)), y)
 

@@ -385,7 +385,7 @@ def postln_coefficient(sigmas2: Sequence[float]) -> np.ndarray:
     r"""Formula B4: coefficient of ``x_0`` after each sublayer, ``c_l = prod_{t<l} (1 + σ_t²)^{-1/2}``.
 
     `sigmas2`: ``[n]`` branch variances relative to the branch input; returns ``[n]`` (c after 1..n).
-    All σ² = 1 gives ``2^{-l/2}`` (B3).
+    All σ² = 1 gives ``2^{-l/2}``.
     """
     s = np.asarray(sigmas2, dtype=float)
     if s.ndim != 1 or np.any(~np.isfinite(s)) or np.any(s < 0):
@@ -707,7 +707,7 @@ class BatchedAdam:
 
 @dataclass(frozen=True)
 class WarmupGridConfig:
-    """Shared settings of the warmup grid (D3): stack size, steps, batch, task, seed."""
+    """Shared settings of the warmup grid: stack size, steps, batch, task, seed."""
     d: int = 64
     L: int = 16
     steps: int = 400
@@ -865,7 +865,7 @@ def mask_tokens(tokens: torch.Tensor, mask_id: int, p: float = 0.15,
 
 
 class TinyMLM(nn.Module):
-    r"""Post-LN Transformer MLM (C1). Vocabulary `V` plus a [MASK] id ``V``.
+    r"""Post-LN Transformer MLM. Vocabulary `V` plus a [MASK] id ``V``.
 
     ``h = Encoder(LN(E[x] + P))``; head (if `head`): ``u = LN(GELU(h W_d + b_d))`` else ``u = h``;
     logits ``u Oᵀ + b_out`` on the masked positions only: ``[N_masked, V + 1]``, with ``O = E`` (`tied`, as
@@ -930,7 +930,7 @@ def layernorm_gains(model: nn.Module) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class MLMConfig:
-    """Tiny-MLM experiment (D4)."""
+    """Tiny-MLM experiment."""
     V: int = 512
     T: int = 32
     L: int = 4

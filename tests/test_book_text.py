@@ -40,6 +40,7 @@ INTERNAL_REFERENCES = [
     (r"\b(?i:experiments?|checks?|claims?|items?)\s+[A-Z]\d{1,2}\b", "an experiment id"),
     (r"\b[A-Z]\d{1,2}\s+(?i:of|in)\s+(?i:the\s+)?(?i:spec|brief|plan|design|chapter list)", "an experiment id"),
     (r"\bthe brief\b", "'the brief'"),
+    (r"\((?:spec\s+)?[A-Z]\d{1,2}\)", "an experiment or formula id in parentheses"),
     (r"\b(?:as|was)\s+(?:filed|requested)\s+in\b", "a reference to a request"),
 ]
 
@@ -228,6 +229,7 @@ def test_the_intro_and_scoreboard_pages():
     "The post file lists it.",
     "Experiment E8 of the spec is skipped.",
     "Check B5 runs last.",
+    "The dense form (C8) of the loss.",
     "Read ../shared/DESIGN.md first.",
 ])
 def test_internal_reference_fixture_fails(bad):
