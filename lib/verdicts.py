@@ -79,13 +79,14 @@ def decide(effect: float, standard_error: float, post_effect: float, *, mechanis
 def decide_check(passed: bool, *, mechanism: bool = False, partial: bool = False) -> str:
     """The verdict for an exact claim (an identity, a count, an equivalence) checked by a cell.
 
-    ``passed`` -> reproduced (``partial``: partly); failed -> not reproduced; ``mechanism`` -> mechanism only."""
+    ``passed`` -> reproduced (``partial``: partly; ``mechanism``, a check on synthetic or oracle inputs only:
+    mechanism only); failed -> not reproduced, also for a mechanism check (the check saw the opposite)."""
     if not isinstance(passed, (bool, np.bool_)):
         raise TypeError(f"passed must be a bool, got {type(passed).__name__}")
-    if mechanism:
-        return "mechanism only"
     if not passed:
         return "not reproduced"
+    if mechanism:
+        return "mechanism only"
     return "partly" if partial else "reproduced"
 
 

@@ -57,5 +57,6 @@ def test_decide_check():
     assert V.decide_check(True) == "reproduced" and V.decide_check(False) == "not reproduced"
     assert V.decide_check(True, partial=True) == "partly"
     assert V.decide_check(True, mechanism=True) == "mechanism only"
+    assert V.decide_check(False, mechanism=True) == "not reproduced"  # a failed mechanism check is not a pass
     with pytest.raises(TypeError, match="passed"):
         V.decide_check(1)
