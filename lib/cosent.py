@@ -12,7 +12,7 @@ Contents
 * losses: :func:`cosent_loss` (sort + suffix log-sum-exp, O(B log B), analytic backward),
   :func:`cosent_loss_dense` (the O(B^2) masked matrix of the official code), :func:`cosent_loss_reference`
   (explicit double loop, for tests), :class:`CoSENTLoss` (sentence-transformers calling convention),
-  the naive cosine losses (C2-C4), :func:`cosine_mse_loss`, :class:`SBERTHead` (softmax on
+  the naive cosine losses, :func:`cosine_mse_loss`, :class:`SBERTHead` (softmax on
   ``[u; v; |u-v|]``).
 * evaluation: :func:`spearman`, :func:`best_threshold`, :func:`comparison_mask`.
 * synthetic mechanisms: :func:`make_synthetic_pairs`, :class:`PairEncoder`, :func:`linear_probe_accuracy`.
@@ -134,7 +134,7 @@ def _logcumsumexp(x: Tensor) -> Tensor:
 
 
 class _SortedCoSENT(torch.autograd.Function):
-    """C9 with an analytic backward.
+    """The sort-based CoSENT loss with an analytic backward.
 
     Sort pairs by label. For sorted position ``a`` the strictly-higher labels form the suffix starting at
     ``hi_a = searchsorted(y, y_a, right=True)`` and the strictly-lower ones the prefix ending before
@@ -188,7 +188,7 @@ def cosent_loss(scores: Tensor, labels: Tensor, scale: float = 20.0) -> Tensor:
 
 
 def comparison_mask(labels: Tensor) -> Tensor:
-    """``M[a, b] = y_a < y_b`` (C8 step 3): pair ``a`` should be *less* similar than pair ``b``.
+    """``M[a, b] = y_a < y_b``: pair ``a`` should be *less* similar than pair ``b``.
 
     labels: ``[B]`` -> bool ``[B, B]``. Strict: ties (and the diagonal) are never compared.
     """
@@ -292,7 +292,7 @@ def naive_cosine_loss(scores: Tensor, targets: Tensor, kind: str = "linear") -> 
 
 
 def threshold_cosine_loss(scores: Tensor, targets: Tensor, tau: float = 0.7) -> Tensor:
-    """C4 as a hinge: ``t (1 - c) + (1 - t) relu(c - tau)``: a negative is only pushed while ``c > tau``."""
+    """The naive loss with a hinge on negatives: ``t (1 - c) + (1 - t) relu(c - tau)``: a negative is only pushed while ``c > tau``."""
     t = _check_targets(scores, targets)
     if not -1.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [-1, 1], got {tau}")

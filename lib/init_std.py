@@ -52,7 +52,7 @@ def _Phi(x: float) -> float:
 
 
 def trunc_normal_variance_factor(a: float = 2.0) -> float:
-    r"""Variance of N(0, 1) conditioned on ``|x| <= a`` (Formula A1).
+    r"""Variance of N(0, 1) conditioned on ``|x| <= a``.
 
     .. math:: \gamma_a = 1 - \frac{2a\,\varphi(a)}{\Phi(a) - \Phi(-a)}
 
@@ -170,7 +170,7 @@ def _np_activation(name: str) -> Callable[[float], float]:
 
 
 def activation_second_moment(act: str, var: float = 1.0) -> float:
-    r"""``E[act(z)^2]`` for ``z ~ N(0, var)`` by quadrature (Formula A3); sigmoid at var 1: 0.2933790."""
+    r"""``E[act(z)^2]`` for ``z ~ N(0, var)`` by quadrature; sigmoid at var 1: 0.2933790."""
     from scipy.integrate import quad
 
     check_positive("var", var)
@@ -211,7 +211,7 @@ def init_std_by_name(init: str | float, fan_in: int) -> float:
 
 def second_moment_profile(width: int = 256, depth: int = 20, init: str | float = "lecun",
                           activation: str = "identity", n: int = 1024, seed: int = 0) -> np.ndarray:
-    r"""Mean ``x^2`` after each of `depth` bias-free ``width×width`` layers ``x ← act(x W)`` (Formula A2).
+    r"""Mean ``x^2`` after each of `depth` bias-free ``width×width`` layers ``x ← act(x W)``.
 
     Input ``x_0 ~ N(0, I)`` of shape ``[n, width]``; returns ``[depth + 1]`` (index 0 is the input).
     Per layer ``E[y^2] = m·E[w^2]·E[x^2]``, then the activation's own factor.
@@ -234,7 +234,7 @@ def second_moment_profile(width: int = 256, depth: int = 20, init: str | float =
 def attention_softmax_stats(d: int, T: int = 64, scale: bool = True, n: int = 256, seed: int = 0) -> dict:
     r"""Softmax of ``q·k_j`` (``/√d`` if `scale`) for unit-variance q, k in R^d over T keys.
 
-    Returns mean max-probability, mean entropy (nats, max ``log T``) and ``E[(q·k)^2]/d`` (≈ 1, Formula A5).
+    Returns mean max-probability, mean entropy (nats, max ``log T``) and ``E[(q·k)^2]/d`` (≈ 1).
     """
     for nm, v in (("d", d), ("T", T), ("n", n)):
         check_positive(nm, v, integer=True)
@@ -261,7 +261,7 @@ def attention_softmax_stats(d: int, T: int = 64, scale: bool = True, n: int = 25
 class StackConfig:
     """A residual stack: `L` blocks of (attention, FFN) sublayers (``branch="attn_ffn"``), of one
     ReLU MLP ``W2·relu(W1 h)`` (``"mlp"``), or of independent noise ``sigma·ε`` (``"noise"``, the toy
-    of B3/B4). All branch weights have realised std ``alpha/√d`` (one std for all matrices, as in BERT),
+    of the identity-path argument). All branch weights have realised std ``alpha/√d`` (one std for all matrices, as in BERT),
     TF-truncated at ±2σ if `truncated`. ``kind``: ``"post"`` (x ← LN(x + F(x))) or ``"pre"``
     (x ← x + F(LN(x)), plus a final LN)."""
     d: int = 128
@@ -319,7 +319,7 @@ class FeedForward(nn.Module):
 
 
 class NoiseBranch(nn.Module):
-    """``F(x) = sigma·ε`` with fresh ε ~ N(0, I): a branch independent of its input (toy of B3)."""
+    """``F(x) = sigma·ε`` with fresh ε ~ N(0, I): a branch independent of its input."""
 
     def __init__(self, sigma: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -330,7 +330,7 @@ class NoiseBranch(nn.Module):
 
 
 class Sublayer(nn.Module):
-    """One residual sublayer: Post-LN ``LN(x + F(x))`` or Pre-LN ``x + F(LN(x))`` (B1 / B2)."""
+    """One residual sublayer: Post-LN ``LN(x + F(x))`` or Pre-LN ``x + F(LN(x))``."""
 
     def __init__(self, branch: nn.Module, d: int, kind: str) -> None:
         super().__init__()
@@ -382,7 +382,7 @@ class ResidualStack(nn.Module):
 
 
 def postln_coefficient(sigmas2: Sequence[float]) -> np.ndarray:
-    r"""Formula B4: coefficient of ``x_0`` after each sublayer, ``c_l = prod_{t<l} (1 + σ_t²)^{-1/2}``.
+    r"""Coefficient of ``x_0`` after each sublayer, ``c_l = prod_{t<l} (1 + σ_t²)^{-1/2}``.
 
     `sigmas2`: ``[n]`` branch variances relative to the branch input; returns ``[n]`` (c after 1..n).
     All σ² = 1 gives ``2^{-l/2}``.
@@ -394,14 +394,14 @@ def postln_coefficient(sigmas2: Sequence[float]) -> np.ndarray:
 
 
 def branch_variance_linear(d: int, std: float) -> float:
-    """B5: branch variance of one bias-free ``d×d`` map with realised std `std` on unit input: ``d·std²``."""
+    """Branch variance of one bias-free ``d×d`` map with realised std `std` on unit input: ``d·std²``."""
     check_positive("d", d, integer=True)
     check_positive("std", std, allow_zero=True)
     return d * std * std
 
 
 def branch_variance_ffn(d: int, std: float, ff_mult: int = 4) -> float:
-    r"""B5: ``σ²_FFN = ff·std²·E[GELU(z)²]``, ``z ~ N(0, d·std²)``; BERT-base (d=768, std 0.0175925): 0.074822."""
+    r"""``σ²_FFN = ff·std²·E[GELU(z)²]``, ``z ~ N(0, d·std²)``; BERT-base (d=768, std 0.0175925): 0.074822."""
     check_positive("ff_mult", ff_mult, integer=True)
     v = branch_variance_linear(d, std)
     return ff_mult * d * std * std * activation_second_moment("gelu", v)
@@ -409,14 +409,14 @@ def branch_variance_ffn(d: int, std: float, ff_mult: int = 4) -> float:
 
 @torch.no_grad()
 def record_stack(model: ResidualStack, x0: torch.Tensor) -> dict[str, np.ndarray]:
-    r"""Run `model` on ``x0 [B, T, d]`` with forward hooks on every sublayer (probe D1).
+    r"""Run `model` on ``x0 [B, T, d]`` with forward hooks on every sublayer.
 
     Returns arrays of length ``n`` (number of sublayers):
 
     * ``c``: empirical identity coefficient after each sublayer, ``<x_l, x_0> / <x_0, x_0>``;
     * ``sigma2``: branch variance ratio ``mean(F_t²) / mean(in_t²)`` where ``in_t`` is the branch input;
     * ``branch_sq`` / ``stream_sq``: ``mean(F_t²)`` and ``mean(x_{t+1}²)`` (the residual stream);
-    * ``predicted_c``: B4 from the measured ``sigma2`` (Post-LN) or 1 (Pre-LN: the identity path is intact).
+    * ``predicted_c``: `postln_coefficient` of the measured ``sigma2`` (Post-LN) or 1 (Pre-LN: the identity path is intact).
     """
     if not isinstance(model, ResidualStack):
         raise TypeError(f"model must be a ResidualStack, got {type(model).__name__}")
@@ -449,7 +449,7 @@ def record_stack(model: ResidualStack, x0: torch.Tensor) -> dict[str, np.ndarray
 
 
 def gradient_profile(model: ResidualStack, x0: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
-    r"""Probe D2: one backward pass of ``MSE(model(x0), target)``; per sublayer (input side first):
+    r"""One backward pass of ``MSE(model(x0), target)``; per sublayer (input side first):
 
     * ``weight_grad``: ``||∂L/∂θ_t||`` over the branch parameters of sublayer t;
     * ``input_grad``: ``||∂L/∂x_t||`` at the sublayer's input (the residual stream entering it).
@@ -497,7 +497,7 @@ def probe_stack(cfg: StackConfig, B: int = 16, T: int = 32, seed: int = 0) -> di
 
 
 # --------------------------------------------------------------------------------------------
-# Adam vs SGD, warmup (B7, B8)
+# Adam vs SGD, warmup
 # --------------------------------------------------------------------------------------------
 
 
@@ -520,7 +520,7 @@ def first_step_update(grad: torch.Tensor, optimizer: str = "adam", lr: float = 1
 
 
 def linear_warmup(step: int, warmup: int, peak_lr: float, total_steps: int | None = None) -> float:
-    r"""Learning rate of the optimizer update with 0-based index `step` (B8, transformers' convention).
+    r"""Learning rate of the optimizer update with 0-based index `step` (transformers' convention).
 
     ``peak·step/W`` for ``step < W`` (so the very first update has lr 0), then `peak_lr`
     (``total_steps=None``, as ``get_constant_schedule_with_warmup``) or a linear decay to 0 at
@@ -538,7 +538,7 @@ def linear_warmup(step: int, warmup: int, peak_lr: float, total_steps: int | Non
 
 
 # --------------------------------------------------------------------------------------------
-# D3: residual MLPs on a teacher task, K models trained at once
+# Residual MLPs on a teacher task, K models trained at once
 # --------------------------------------------------------------------------------------------
 
 
@@ -679,7 +679,7 @@ class BatchedResidualMLP(nn.Module):
 
 
 class BatchedAdam:
-    """Adam (PyTorch's formula, B7) on parameters whose dim 0 indexes K models, with a per-model lr [K].
+    """Adam (PyTorch's formula) on parameters whose dim 0 indexes K models, with a per-model lr [K].
 
     ``m ← β1 m + (1-β1) g``, ``v ← β2 v + (1-β2) g²``, ``θ ← θ - lr_k · m̂ / (√v̂ + ε)``.
     """
@@ -803,12 +803,12 @@ def smooth(losses: np.ndarray, window: int = 25) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# C / D4: logits at init, tiny MLM with tied embeddings, LayerNorm gains, real BERT statistics
+# Logits at init, tiny MLM with tied embeddings, LayerNorm gains, real BERT statistics
 # --------------------------------------------------------------------------------------------
 
 
 def predicted_logit_entropy(d: int, V: int, std: float) -> float:
-    r"""C2: softmax entropy of ``u Eᵀ`` (u unit second moment, E i.i.d. std `std`): ``log V - τ²/2``, ``τ² = d·std²``.
+    r"""Softmax entropy of ``u Eᵀ`` (u unit second moment, E i.i.d. std `std`): ``log V - τ²/2``, ``τ² = d·std²``.
 
     Valid while ``e^{τ²} ≪ V`` (many logits share the mass); fails for large τ.
     """
@@ -1014,7 +1014,7 @@ def bert_sublayer_ratios(model: nn.Module, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     r"""Branch-to-stream ratios of a Hugging Face ``BertModel`` (Post-LN): for each sublayer t (attention
     output, FFN output, in order) ``sigma2_t = mean(F_t²)/mean(x_t²)`` over real tokens, where ``x_t`` is
-    the residual input and ``F_t`` the dense output added to it, plus B4's ``postln_coefficient``.
+    the residual input and ``F_t`` the dense output added to it, plus ``postln_coefficient`` of them.
 
     ``input_ids [B, T]``; returns ``sigma2 [2L]``, ``predicted_c [2L]``.
     """
